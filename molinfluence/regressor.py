@@ -1,0 +1,135 @@
+"""MoLFormer encoder + regression head, saved as a self-describing directory.
+
+The regressor predicts one scalar per molecule from the first-token (``<bos>``, the CLS token) hidden state, as in the
+original report, or from the attention-masked mean (``pooling: mean``). Parameter names are ``molformer.*`` (the
+encoder, same names as the published checkpoint's ``molformer.`` prefix) and ``head.*`` (a ``Linear(hidden, 1)``).
+
+A saved regressor directory holds everything needed to use it, nothing more (nanoGPT-style self-describing checkpoint):
+
+- ``config.json``        the encoder's :class:`MolformerConfig`
+- ``model.safetensors``  all weights and persistent buffers (including each layer's fixed random feature map)
+- ``regressor.json``     format version, pooling, head dropout, max token length, and free-form metadata
+- ``tokenizer.json`` …   the tokenizer the model was trained with
+
+Loading uses safetensors only (no pickle) and ``deterministic_eval=True`` so that evaluation and Hessian-vector products
+see a fixed function.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .molformer import MolformerConfig, MolformerModel, ModelLoadError, load_encoder
+from .tokenizer import load_tokenizer, save_tokenizer
+
+FORMAT_VERSION = 1
+POOLINGS = ("cls", "mean")
+
+
+@dataclass
+class RegressorSpec:
+    """How the head sits on the encoder; saved as ``regressor.json``."""
+
+    pooling: str = "cls"
+    head_dropout: float = 0.0
+    max_length: int = 202
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"model.head_dropout must be in [0, 1), got {self.head_dropout}")
+        if self.max_length < 3:
+            raise ValueError(f"model.max_length must be >= 3 (room for <bos>, one token, <eos>), got {self.max_length}")
+
+
+class MolformerRegressor(nn.Module):
+    """``molformer`` encoder followed by dropout and a ``Linear(hidden, 1)`` head; returns predictions of shape (B,)."""
+
+    def __init__(self, molformer: MolformerModel, spec: RegressorSpec | None = None) -> None:
+        super().__init__()
+        self.spec = spec or RegressorSpec()
+        self.molformer = molformer
+        self.dropout = nn.Dropout(self.spec.head_dropout)
+        self.head = nn.Linear(molformer.config.hidden_size, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.molformer(input_ids=input_ids, attention_mask=attention_mask)
+        if self.spec.pooling == "cls":
+            pooled = out.last_hidden_state[:, 0]
+        else:
+            pooled = out.pooler_output
+        return self.head(self.dropout(pooled)).squeeze(-1)
+
+
+def new_regressor(encoder_dir: str | Path, spec: RegressorSpec, *, seed: int) -> tuple[MolformerRegressor, Any]:
+    """A pretrained encoder (a saved encoder directory or hub id) with a freshly initialised, seeded head."""
+    encoder = load_encoder(str(encoder_dir), deterministic_eval=True)
+    tokenizer = load_tokenizer(str(encoder_dir))
+    generator = torch.Generator().manual_seed(int(seed))
+    model = MolformerRegressor(encoder, spec)
+    # Same initialisation as nn.Linear's default, but from a private generator so the head does not depend on
+    # whatever consumed the global RNG before.
+    bound = 1.0 / float(encoder.config.hidden_size) ** 0.5
+    with torch.no_grad():
+        model.head.weight.copy_(torch.empty_like(model.head.weight).uniform_(-bound, bound, generator=generator))
+        model.head.bias.copy_(torch.empty_like(model.head.bias).uniform_(-bound, bound, generator=generator))
+    return model, tokenizer
+
+
+def save_regressor(model: MolformerRegressor, tokenizer: Any, directory: str | Path) -> Path:
+    """Write the self-describing directory (see module docstring). The caller makes it atomic (files.atomic_path)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.molformer.config.save_pretrained(directory)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt", "molinfluence": str(FORMAT_VERSION)})
+    spec = asdict(model.spec)
+    (directory / "regressor.json").write_text(
+        json.dumps({"format_version": FORMAT_VERSION, **spec}, indent=2, sort_keys=True) + "\n"
+    )
+    save_tokenizer(tokenizer, directory)
+    return directory
+
+
+def load_regressor(directory: str | Path, *, device: str | torch.device = "cpu") -> tuple[MolformerRegressor, Any]:
+    """Load a directory written by :func:`save_regressor`; the model is returned in eval mode on ``device``."""
+    directory = Path(directory)
+    spec_path = directory / "regressor.json"
+    if not spec_path.is_file():
+        raise ModelLoadError(
+            f"{directory} is not a MolInfluence regressor directory (no regressor.json): "
+            "point to the output of the train_base or finetune stage"
+        )
+    raw = json.loads(spec_path.read_text())
+    version = raw.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise ModelLoadError(f"{spec_path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    spec = RegressorSpec(**raw)
+    config = MolformerConfig.from_pretrained(directory)
+    config.deterministic_eval = True
+    model = MolformerRegressor(MolformerModel(config), spec)
+    state = load_file(str(directory / "model.safetensors"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelLoadError(
+            f"{directory}/model.safetensors does not match its config.json ({first}); retrain or re-export the model"
+        ) from None
+    tokenizer = load_tokenizer(str(directory))
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
