@@ -1,0 +1,163 @@
+"""Tests for molinfluence.files: atomic writes never leave partial outputs; source hashes are stable and sensitive."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from molinfluence.files import atomic_path, read_json, sha256_files, write_csv, write_json
+
+
+def _leftovers(directory: Path) -> list[str]:
+    """Hidden temporary names atomic_path may create."""
+    return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def test_atomic_file_appears_only_after_success(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.txt"  # parent is created
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        tmp.write_text("new")
+        assert not target.exists(), "target must not exist before the block ends"
+    assert target.read_text() == "new"
+    assert _leftovers(target.parent) == []
+
+
+def test_atomic_file_error_keeps_old_content_and_removes_temp(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_requires_something_written(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing was written"):
+        with atomic_path(tmp_path / "out.txt"):
+            pass
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_atomic_directory_replaces_existing_directory(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale.bin").write_text("stale")
+    with atomic_path(target, directory=True) as tmp:
+        assert tmp.is_dir()
+        (tmp / "weights.bin").write_text("w")
+    assert sorted(p.name for p in target.iterdir()) == ["weights.bin"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_directory_error_keeps_old_directory(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "good.bin").write_text("good")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target, directory=True) as tmp:
+            (tmp / "partial.bin").write_text("p")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in target.iterdir()) == ["good.bin"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_json_sorted_indented_roundtrip(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    obj = {"b": [1, 2.5], "a": {"z": None, "y": "text"}, "n": np.int64(3), "v": np.array([0.5, 1.0])}
+    write_json(path, obj)
+    text = path.read_text()
+    assert text == json.dumps(
+        {"a": {"y": "text", "z": None}, "b": [1, 2.5], "n": 3, "v": [0.5, 1.0]}, sort_keys=True, indent=2
+    ) + "\n"
+    assert read_json(path) == {"a": {"y": "text", "z": None}, "b": [1, 2.5], "n": 3, "v": [0.5, 1.0]}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, np.float64("nan")])
+def test_write_json_rejects_non_finite_and_names_location(tmp_path: Path, bad: float) -> None:
+    path = tmp_path / "r.json"
+    path.write_text('{"old": true}\n')
+    with pytest.raises(ValueError) as info:
+        write_json(path, {"metrics": {"rmse": [0.5, bad]}})
+    message = str(info.value)
+    assert str(path) in message and "['metrics']['rmse'][1]" in message and "NaN" in message
+    assert read_json(path) == {"old": True}, "a failed write must leave the previous file"
+    assert _leftovers(tmp_path) == []
+
+
+def test_read_json_reports_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{\n  "a": 1,\n  oops\n}\n')
+    with pytest.raises(ValueError, match=r"broken\.json: invalid JSON at line 3"):
+        read_json(path)
+
+
+def test_write_csv_roundtrip_without_index(tmp_path: Path) -> None:
+    df = pd.DataFrame({"smiles": ["CCO", "c1ccccc1"], "label": [0.1, -2.25], "row": [3, 1]}, index=[10, 20])
+    path = tmp_path / "t.csv"
+    write_csv(path, df)
+    back = pd.read_csv(path)
+    pd.testing.assert_frame_equal(back, df.reset_index(drop=True))
+    assert _leftovers(tmp_path) == []
+
+
+def _tree(root: Path) -> list[Path]:
+    (root / "pkg").mkdir(parents=True)
+    a = root / "pkg" / "a.py"
+    b = root / "pkg" / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    return [a, b]
+
+
+def test_sha256_files_stable_across_checkouts_and_argument_order(tmp_path: Path) -> None:
+    first = _tree(tmp_path / "machine1")
+    second = _tree(tmp_path / "elsewhere" / "machine2")
+    digest = sha256_files(first)
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert sha256_files(reversed(second)) == digest
+    assert sha256_files([str(p) for p in second]) == digest
+
+
+def test_sha256_files_changes_with_content_and_names(tmp_path: Path) -> None:
+    a, b = _tree(tmp_path)
+    digest = sha256_files([a, b])
+    b.write_text("y = 3\n")
+    edited = sha256_files([a, b])
+    assert edited != digest
+    renamed = b.with_name("c.py")
+    b.rename(renamed)
+    assert sha256_files([a, renamed]) != edited
+    # Moving bytes between files must not collide (names and contents are length-prefixed).
+    a.write_text("")
+    renamed.write_text("x = 1\ny = 3\n")
+    assert sha256_files([a, renamed]) != sha256_files([renamed])
+
+
+def test_sha256_files_directory_ignores_caches(tmp_path: Path) -> None:
+    a, b = _tree(tmp_path)
+    listed = sha256_files([a, b], root=tmp_path)
+    assert sha256_files([tmp_path / "pkg"], root=tmp_path) == listed
+    cache = tmp_path / "pkg" / "__pycache__"
+    cache.mkdir()
+    (cache / "a.cpython-311.pyc").write_bytes(b"\x00compiled")
+    assert sha256_files([tmp_path / "pkg"], root=tmp_path) == listed
+    shutil.rmtree(cache)
+
+
+def test_sha256_files_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        sha256_files([tmp_path / "missing.py"])
+    with pytest.raises(ValueError, match="no files"):
+        sha256_files([])
+    a, _ = _tree(tmp_path / "x")
+    with pytest.raises(ValueError, match="not below root"):
+        sha256_files([a], root=tmp_path / "y")
