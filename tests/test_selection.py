@@ -114,9 +114,9 @@ def test_random_is_seeded_nested_and_needs_no_scores() -> None:
 def test_random_is_roughly_uniform_over_seeds() -> None:
     pool = make_pool(10, with_score=False)
     counts = np.zeros(10)
-    for seed in range(400):
+    for seed in range(200):
         counts[select(pool, "random", 3, seed=seed)["ext_index"].to_numpy()] += 1
-    expected = 400 * 3 / 10
+    expected = 200 * 3 / 10
     assert np.all(np.abs(counts - expected) < 5 * math.sqrt(expected))
 
 
