@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .molformer import MolformerConfig, MolformerModel, ModelLoadError, load_encoder
-from .tokenizer import load_tokenizer, save_tokenizer
+from .tokenizer import encode_smiles, load_tokenizer, save_tokenizer
 
 FORMAT_VERSION = 1
 POOLINGS = ("cls", "mean")
@@ -129,6 +129,24 @@ def load_regressor(directory: str | Path, *, device: str | torch.device = "cpu")
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU. Asking for CUDA where there is none is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    return device
+
+
+
+def encode_frame(tokenizer: Any, frame: Any, max_length: int, truncation: bool = True) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, labels float32) for a table with ``smiles`` and ``label`` columns."""
+    enc = encode_smiles(tokenizer, frame["smiles"].tolist(), max_length=max_length, truncation=truncation)
+    labels = torch.tensor(frame["label"].to_numpy(dtype="float32"))
+    return enc.input_ids, enc.attention_mask, labels
 
 
 def count_parameters(model: nn.Module) -> int:

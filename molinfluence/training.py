@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import regression_metrics
-from .regressor import MolformerRegressor
+from .regressor import MolformerRegressor, pick_device
 from .tokenizer import encode_smiles
 
 
@@ -84,16 +84,6 @@ class TrainResult:
     best_epoch: int
     best_val_loss: float
     stopped_early: bool
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU. Asking for CUDA where there is none is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
-    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,61 @@
+"""Shared plumbing for the thin ``scripts/*.py`` command-line entry points.
+
+Expected failures (bad input, an unreachable model, a diverging solver) end the process with exit status 1 and a
+one-paragraph message on stderr, no traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the user must change something", imported lazily so light scripts stay light."""
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
+    for module, name in (
+        ("molinfluence.data", "DataError"),
+        ("molinfluence.molformer", "ModelLoadError"),
+        ("molinfluence.training", "TrainingDivergence"),
+        ("molinfluence.influence", "InfluenceDivergence"),
+    ):
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, name):
+            errors.append(getattr(mod, name))
+    return tuple(errors)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run ``main`` and turn expected errors into ``error: <message>`` and exit status 1."""
+    if not sys.stderr.isatty():
+        # Progress bars still show in log files, but as a line every 30 s instead of thousands of redraws.
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
+    try:
+        main()
+    except Exception as exc:  # noqa: BLE001 - filtered below
+        if isinstance(exc, expected_errors()) and not os.environ.get("MOLINFLUENCE_TRACEBACK"):
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+def json_arg(text: str) -> dict[str, Any]:
+    """argparse type for ``--args '<json object>'`` (how the workflow passes a config section to a script)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def set_threads(n: int | None) -> None:
+    """Match torch's intra-op threads to the cores Snakemake gave this job (avoids oversubscribing 2-core machines)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))

@@ -1,0 +1,104 @@
+# Shared by every rule: config validation, where things live, and the code fingerprints that make an edit to a
+# package module rerun exactly the rules that import it.
+
+import json
+import shlex
+import sys
+
+sys.path.insert(0, str(ROOT))  # the checkout's package, whatever is installed
+
+from snakemake.exceptions import WorkflowError
+
+from molinfluence.config import ConfigError, validate_config
+from molinfluence.files import sha256_files
+
+try:
+    validate_config(config)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+_external = config["data"]["external"].get("path")
+if _external and not _external.startswith("pkg:") and not Path(_external).exists():
+    raise WorkflowError(
+        f"config key `data.external.path`: {_external} does not exist (relative paths are relative to the working "
+        f"directory {Path.cwd()}). Put the external labelled CSV (columns {config['data']['external']['smiles_column']},"
+        f" {config['data']['external']['label_column']}) there, or point to it: --config data='{{...}}' or your own --configfile."
+    )
+
+R = config["results"]
+PY = sys.executable
+
+
+def script(name):
+    return str(ROOT / "scripts" / f"{name}.py")
+
+
+def code(*modules, script_name):
+    """Content hash of the modules a rule's script imports (and the script itself), as a rule param.
+
+    Snakemake's `code` trigger only sees a script's own mtime; a param that changes when an imported module changes
+    makes an edit rerun the right rules (and, through their outputs, everything downstream) and nothing else.
+    """
+    paths = [ROOT / "molinfluence" / f"{m}.py" for m in ("cli", "files", *modules)]
+    return sha256_files([*paths, ROOT / "scripts" / f"{script_name}.py"], root=ROOT)[:16]
+
+
+def jarg(obj):
+    """A config section as a canonical JSON argument (sorted keys: the same config always gives the same param)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+MODEL_MODULES = ("molformer", "tokenizer", "regressor")
+INF = config["influence"]
+SEL = config["selection"]
+FT = config["finetune"]
+TARGET_SPLIT = INF["target"]
+if TARGET_SPLIT == "test":
+    print(
+        "WARNING: influence.target is 'test': scores are computed against the test split, which the final metrics "
+        "are also computed on. This reproduces the original report but leaks the test set into the selection.",
+        file=sys.stderr,
+    )
+
+SCORED = ("most_negative", "most_positive", "both_ends")
+
+
+def grid():
+    """(init, strategy, k) of every fine-tuning condition; k is 'all' for all/weighted and 0 for the no-data control."""
+    rows = []
+    for init in FT["inits"]:
+        rows.append((init, "none", "0"))
+        for strategy in SEL["strategies"]:
+            if strategy in ("all", "weighted"):
+                rows.append((init, strategy, "all"))
+            else:
+                rows.extend((init, strategy, str(k)) for k in sorted(SEL["k"]))
+    return rows
+
+
+def finetune_dir(init, strategy, k, seed):
+    return f"{R}/finetune/{init}/{strategy}/k{k}/seed{seed}"
+
+
+def finetune_runs():
+    return [finetune_dir(i, s, k, seed) for i, s, k in grid() for seed in FT["seeds"]]
+
+
+def all_targets():
+    return [
+        f"{R}/data/data_report.json",
+        f"{R}/base/metrics.json",
+        f"{R}/influence/hessian_inverse_fast.pt",
+        f"{R}/influence/external_influence_scores.pt",
+        f"{R}/metrics.csv",
+        f"{R}/metrics.md",
+        f"{R}/metrics_per_run.csv",
+        *figure_files(),
+    ]
+
+
+wildcard_constraints:
+    init="continue|fresh",
+    strategy="none|most_negative|most_positive|both_ends|random|all|weighted",
+    k=r"\d+|all",
+    seed=r"\d+",

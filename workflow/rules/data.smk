@@ -1,0 +1,22 @@
+# Data stage: load the dataset and the external pool, validate and canonicalise SMILES, split train/validation/test,
+# report (and by default drop) external molecules that leak into validation or test.
+
+
+rule prepare_data:
+    output:
+        train=f"{R}/data/train.csv",
+        validation=f"{R}/data/validation.csv",
+        test=f"{R}/data/test.csv",
+        external=f"{R}/data/external.csv",
+        report=f"{R}/data/data_report.json",
+    params:
+        args=jarg(config["data"]),
+        outdir=f"{R}/data",
+        script=script("prepare_data"),
+        code=code("data", script_name="prepare_data"),
+    log:
+        f"{R}/logs/prepare_data.log",
+    benchmark:
+        f"{R}/benchmarks/prepare_data.tsv"
+    shell:
+        "{PY:q} {params.script:q} --args {params.args:q} --outdir {params.outdir:q} > {log:q} 2>&1"

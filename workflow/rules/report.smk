@@ -1,0 +1,65 @@
+# The honest table (mean ± sd over seeds, paired tests against matched controls) and the figures, annotated for
+# `snakemake --report report.html`.
+
+REPORT = ROOT / "workflow" / "report"
+
+
+def figure_files():
+    return [f"{R}/figures/{name}.png" for name in ("rmse_vs_k", "training_curves", "influence_histogram", "pred_vs_true")]
+
+
+localrules:
+    select_scored,
+    select_control,
+    select_random,
+    metrics_table,
+    figures,
+
+
+rule metrics_table:
+    input:
+        base=rules.train_base.output.metrics,
+        runs=[f"{d}/metrics.json" for d in finetune_runs()],
+    output:
+        table=report(f"{R}/metrics.csv", category="1. Metrics", caption=str(REPORT / "metrics.rst")),
+        markdown=report(f"{R}/metrics.md", category="1. Metrics", caption=str(REPORT / "metrics.rst")),
+        per_run=report(f"{R}/metrics_per_run.csv", category="1. Metrics", caption=str(REPORT / "per_run.rst")),
+    params:
+        results=R,
+        script=script("metrics_table"),
+        code=code("metrics", script_name="metrics_table"),
+    log:
+        f"{R}/logs/metrics_table.log",
+    benchmark:
+        f"{R}/benchmarks/metrics_table.tsv"
+    shell:
+        "{PY:q} {params.script:q} --results {params.results:q} --base {input.base:q} {input.runs:q}"
+        " --out-table {output.table:q} --out-markdown {output.markdown:q} --out-per-run {output.per_run:q}"
+        " > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        table=rules.metrics_table.output.table,
+        per_run=rules.metrics_table.output.per_run,
+        base_log=rules.train_base.output.log,
+        scores=rules.influence_scores.output.table,
+        selections=[f"{R}/selection/{s}_k{max(SEL['k'])}.csv" for s in SCORED if s in SEL["strategies"]],
+        runs=[f"{d}/metrics.json" for d in finetune_runs()],
+    output:
+        rmse=report(f"{R}/figures/rmse_vs_k.png", category="2. Figures", caption=str(REPORT / "rmse_vs_k.rst")),
+        curves=report(f"{R}/figures/training_curves.png", category="2. Figures", caption=str(REPORT / "curves.rst")),
+        hist=report(f"{R}/figures/influence_histogram.png", category="2. Figures", caption=str(REPORT / "histogram.rst")),
+        scatter=report(f"{R}/figures/pred_vs_true.png", category="2. Figures", caption=str(REPORT / "scatter.rst")),
+    params:
+        results=R,
+        outdir=f"{R}/figures",
+        script=script("figures"),
+        code=code("plots", "metrics", script_name="figures"),
+    log:
+        f"{R}/logs/figures.log",
+    benchmark:
+        f"{R}/benchmarks/figures.tsv"
+    shell:
+        "{PY:q} {params.script:q} --results {params.results:q} --table {input.table:q} --per-run {input.per_run:q}"
+        " --scores {input.scores:q} --outdir {params.outdir:q} > {log:q} 2>&1"

@@ -1,0 +1,61 @@
+# Selections of external samples. Score-based strategies read the influence scores; the controls (random, all, and
+# the empty k = 0 selection) read only the external split, so changing influence settings never reruns them.
+
+SELECT_CODE = code("selection", script_name="select_samples")
+
+
+rule select_scored:
+    input:
+        pool=f"{R}/influence/scores.csv",
+    output:
+        f"{R}/selection/{{strategy}}_k{{k}}.csv",
+    wildcard_constraints:
+        strategy="most_negative|most_positive|both_ends|weighted",
+    params:
+        script=script("select_samples"),
+        code=SELECT_CODE,
+    log:
+        f"{R}/logs/selection/{{strategy}}_k{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/selection/{{strategy}}_k{{k}}.tsv"
+    shell:
+        "{PY:q} {params.script:q} --strategy {wildcards.strategy} --k {wildcards.k} --pool {input.pool:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule select_control:
+    input:
+        pool=rules.prepare_data.output.external,
+    output:
+        f"{R}/selection/{{strategy}}_k{{k}}.csv",
+    wildcard_constraints:
+        strategy="all|none",
+    params:
+        script=script("select_samples"),
+        code=SELECT_CODE,
+    log:
+        f"{R}/logs/selection/{{strategy}}_k{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/selection/{{strategy}}_k{{k}}.tsv"
+    shell:
+        "{PY:q} {params.script:q} --strategy {wildcards.strategy} --k {wildcards.k} --pool {input.pool:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule select_random:
+    input:
+        pool=rules.prepare_data.output.external,
+    output:
+        f"{R}/selection/random_k{{k}}_seed{{seed}}.csv",
+    params:
+        # one random subset per fine-tuning seed: the control's spread includes the luck of the draw
+        seed=lambda w: 1000 * SEL["seed"] + int(w.seed),
+        script=script("select_samples"),
+        code=SELECT_CODE,
+    log:
+        f"{R}/logs/selection/random_k{{k}}_seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/selection/random_k{{k}}_seed{{seed}}.tsv"
+    shell:
+        "{PY:q} {params.script:q} --strategy random --k {wildcards.k} --seed {params.seed} --pool {input.pool:q}"
+        " --out {output:q} > {log:q} 2>&1"
