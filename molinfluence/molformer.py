@@ -28,7 +28,6 @@ import math
 from pathlib import Path
 
 import torch
-from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
@@ -47,7 +46,6 @@ class ModelLoadError(ValueError):
     """A MoLFormer checkpoint or tokenizer could not be loaded; the message says what to do about it."""
 
 
-@strict
 class MolformerConfig(PreTrainedConfig):
     """Configuration of a MoLFormer encoder; the defaults are those of the published ``config.json``.
 
@@ -79,8 +77,12 @@ class MolformerConfig(PreTrainedConfig):
     # The published language-model decoder is its own matrix (the published parameter count includes it).
     tie_word_embeddings: bool = False
 
+    def __post_init__(self, **kwargs) -> None:
+        super().__post_init__(**kwargs)
+        self.validate_architecture()
+
     def validate_architecture(self) -> None:
-        """Reject shapes the architecture cannot run (called by ``@strict`` validation)."""
+        """Reject shapes the architecture cannot run, with a ValueError naming the config key."""
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"MolformerConfig: hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
@@ -428,10 +430,6 @@ class MolformerForMaskedLM(MolformerPreTrainedModel):
         self.lm_head = MolformerLMPredictionHead(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        """The token embedding matrix."""
-        return self.molformer.embeddings.word_embeddings
-
     def get_output_embeddings(self) -> nn.Linear:
         """The vocabulary projection."""
         return self.lm_head.decoder
@@ -512,7 +510,8 @@ def load_encoder(
         if is_local:
             raise ModelLoadError(f"cannot read the model config in {source!r}: {_first_line(exc)}") from exc
         raise ModelLoadError(
-            f"cannot fetch MoLFormer {source!r} from the Hugging Face hub ({_first_line(exc)}); {_download_hint(source)}"
+            f"cannot fetch MoLFormer {source!r} from the Hugging Face hub and no local directory of that name exists "
+            f"({_first_line(exc)}); {_download_hint(source)}"
         ) from exc
     if not isinstance(config, MolformerConfig):
         raise ModelLoadError(
