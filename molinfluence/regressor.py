@@ -85,6 +85,20 @@ def new_regressor(encoder_dir: str | Path, spec: RegressorSpec, *, seed: int) ->
     return model, tokenizer
 
 
+def initial_model(init: str, start: str | Path, spec: RegressorSpec, *, seed: int) -> tuple[MolformerRegressor, Any]:
+    """The starting point of a training run.
+
+    ``fresh``: the pretrained encoder in ``start`` with a new head seeded by ``seed`` (base training, and the
+    original report's "fresh model"); ``continue``: the trained regressor directory ``start`` as it is (its "same
+    model"), whose spec then overrides ``spec``.
+    """
+    if init == "fresh":
+        return new_regressor(start, spec, seed=seed)
+    if init == "continue":
+        return load_regressor(start)
+    raise ValueError(f"finetune.inits: unknown init {init!r}; allowed: 'continue', 'fresh'")
+
+
 def save_regressor(model: MolformerRegressor, tokenizer: Any, directory: str | Path) -> Path:
     """Write the self-describing directory (see module docstring). The caller makes it atomic (files.atomic_path)."""
     directory = Path(directory)

@@ -47,7 +47,7 @@ def main() -> None:
     import pandas as pd
 
     from molinfluence.files import atomic_path, write_csv, write_json
-    from molinfluence.regressor import RegressorSpec, load_regressor, new_regressor, save_regressor
+    from molinfluence.regressor import RegressorSpec, initial_model, save_regressor
     from molinfluence.training import TrainConfig, evaluate, pick_device, train_regressor
 
     cfg = TrainConfig.from_dict(args.args)
@@ -69,10 +69,7 @@ def main() -> None:
             if all(w == 1.0 for w in weights):
                 weights = None
 
-    if args.init == "fresh":
-        model, tokenizer = new_regressor(args.encoder, RegressorSpec(**args.spec), seed=cfg.seed)
-    else:
-        model, tokenizer = load_regressor(args.encoder)
+    model, tokenizer = initial_model(args.init, args.encoder, RegressorSpec(**args.spec), seed=cfg.seed)
 
     print(f"init={args.init} from {args.encoder}; {len(train)} training molecules ({n_added} external added)")
     result = train_regressor(

@@ -1,0 +1,140 @@
+"""Training: validation-only early stopping with best weights restored, exact resume, determinism, clear failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from molinfluence.regressor import RegressorSpec, new_regressor
+from molinfluence.training import TrainConfig, TrainingDivergence, _validation_loss, evaluate, predict, train_regressor
+from molinfluence.tokenizer import encode_smiles
+
+
+@pytest.fixture(scope="module")
+def splits(molecules):
+    data = molecules.sample(n=120, random_state=0).reset_index(drop=True)
+    return data.iloc[:80].reset_index(drop=True), data.iloc[80:100].reset_index(drop=True), data.iloc[100:].reset_index(drop=True)
+
+
+def _train(encoder_dir, train, val, *, log=None, **overrides):
+    cfg = TrainConfig(**{"lr": 3e-3, "epochs": 4, "batch_size": 16, "patience": 2, "seed": 1, **overrides})
+    model, tok = new_regressor(encoder_dir, RegressorSpec(), seed=cfg.seed)
+    kwargs = {"progress": False, "log": log or (lambda _: None)}
+    result = train_regressor(model, tok, train, val, cfg, **{k: v for k, v in kwargs.items()})
+    return model, tok, cfg, result
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_best_validation_weights_are_restored(tiny_encoder_dir, splits):
+    train, val, _ = splits
+    # A large learning rate makes the validation loss jump around, so the last epoch is rarely the best one.
+    model, tok, cfg, result = _train(tiny_encoder_dir, train, val, lr=3e-2, epochs=6, patience=6)
+    hist = result.history
+    assert result.best_epoch == int(hist.loc[hist.val_loss.idxmin(), "epoch"])
+    enc = encode_smiles(tok, val["smiles"].tolist())
+    restored = _validation_loss(model, enc, torch.tensor(val["label"].to_numpy(np.float32)), cfg, "cpu")
+    assert restored == pytest.approx(hist.val_loss.min(), rel=1e-6)
+    assert hist.is_best.sum() >= 1 and hist.loc[hist.is_best, "epoch"].max() == result.best_epoch
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(tiny_encoder_dir, splits):
+    train, val, _ = splits
+    # With this lr the validation loss bottoms out early (epoch 2 of 10 for this seed), then rises.
+    _, _, _, result = _train(tiny_encoder_dir, train, val, lr=3e-2, epochs=10, patience=2)
+    hist = result.history
+    assert result.stopped_early
+    assert len(hist) == result.best_epoch + 2 < 10
+    assert not hist.is_best.iloc[-2:].any()
+
+
+def test_same_seed_gives_bit_identical_weights(tiny_encoder_dir, splits):
+    train, val, _ = splits
+    a, *_ = _train(tiny_encoder_dir, train, val, epochs=2)
+    b, *_ = _train(tiny_encoder_dir, train, val, epochs=2)
+    c, *_ = _train(tiny_encoder_dir, train, val, epochs=2, seed=2)
+    for name, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[name]), name
+    assert any(not torch.equal(p, c.state_dict()[n]) for n, p in a.state_dict().items())
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir, splits):
+    train, val, _ = splits
+    cfg = TrainConfig(lr=3e-3, epochs=4, batch_size=16, patience=4, seed=1)
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, cfg, progress=False, log=lambda _: None)
+    reference = _state(model)
+
+    class Killed(Exception):
+        pass
+
+    def die_in_epoch_3(msg):
+        if msg.startswith("epoch 3:"):
+            raise Killed  # after epoch 3's validation, before its checkpoint: the checkpoint holds epoch 2
+
+    ckpt = tmp_path / "resume"
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    with pytest.raises(Killed):
+        train_regressor(model, tok, train, val, cfg, checkpoint_dir=ckpt, progress=False, log=die_in_epoch_3)
+    assert (ckpt / "last.pt").is_file()
+
+    messages = []
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, cfg, checkpoint_dir=ckpt, progress=False, log=messages.append)
+    assert any("resuming" in m and "after epoch 2" in m for m in messages)
+    for name, p in reference.items():
+        assert torch.equal(p, model.state_dict()[name]), name
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path, tiny_encoder_dir, splits):
+    train, val, _ = splits
+    ckpt = tmp_path / "resume"
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, TrainConfig(epochs=1, seed=1), checkpoint_dir=ckpt, progress=False, log=lambda _: None)
+    messages = []
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, TrainConfig(epochs=1, seed=1, lr=1e-4), checkpoint_dir=ckpt, progress=False, log=messages.append)
+    assert any("belongs to a different run" in m for m in messages)
+
+
+def test_unit_weights_equal_no_weights(tiny_encoder_dir, splits):
+    train, val, _ = splits
+    cfg = TrainConfig(lr=3e-3, epochs=1, seed=1)
+    a, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(a, tok, train, val, cfg, progress=False, log=lambda _: None)
+    b, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(b, tok, train, val, cfg, weights=np.ones(len(train)), progress=False, log=lambda _: None)
+    for name, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[name]), name
+    with pytest.raises(ValueError, match="non-negative"):
+        train_regressor(b, tok, train, val, cfg, weights=-np.ones(len(train)), progress=False)
+
+
+def test_non_finite_loss_names_epoch_and_batch(tiny_encoder_dir, splits):
+    train, val, _ = splits
+    bad = train.copy()
+    bad.loc[:, "label"] = 1e30  # squared error overflows float32
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    with pytest.raises(TrainingDivergence, match=r"epoch 1, batch 1"):
+        train_regressor(model, tok, bad, val, TrainConfig(epochs=1), progress=False, log=lambda _: None)
+
+
+def test_evaluate_matches_predict_and_metrics(tiny_encoder_dir, splits):
+    _, _, test = splits
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    cfg = TrainConfig()
+    metrics, preds = evaluate(model, tok, test, cfg, "cpu")
+    direct = predict(model, tok, test["smiles"].tolist(), batch_size=7)
+    np.testing.assert_allclose(preds["prediction"].to_numpy(), direct, rtol=1e-6)
+    assert metrics["mse"] == pytest.approx(float(np.mean((direct - test["label"].to_numpy()) ** 2)), rel=1e-6)
+    assert list(preds.columns) == ["smiles", "truth", "prediction"]
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="train.lr"):
+        TrainConfig(lr=0)
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
