@@ -16,7 +16,9 @@ The published code redraws ``W`` on every forward pass unless ``deterministic_ev
 eval mode. Influence functions need a fixed function of the parameters, so :func:`load_encoder` turns
 ``deterministic_eval`` on by default. The forward pass uses no in-place operations on differentiable tensors, no
 ``.item()`` and no control flow on tensor values, so it works under ``torch.func`` (``functional_call``, ``vmap``,
-``jvp``, ``hessian``).
+``jvp``, ``hessian``) in deterministic eval mode. (In train mode every forward pass draws new projections from the
+global torch RNG, which ``vmap`` refuses unless given a ``randomness`` mode; the last draw stays in the buffers and
+is saved with the model, so a fine-tuned model is evaluated with the projection it was last trained with.)
 
 Importing this module registers the classes with ``AutoConfig``, ``AutoModel`` and ``AutoModelForMaskedLM`` for
 ``model_type = "molformer"``.
@@ -364,7 +366,8 @@ class MolformerModel(MolformerPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         elif attention_mask.shape != input_ids.shape:
             raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {tuple(input_ids.shape)}"
+                f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape "
+                f"{tuple(input_ids.shape)}"
             )
         hidden_states = self.embeddings(input_ids)
         key_mask = attention_mask.to(hidden_states.dtype)

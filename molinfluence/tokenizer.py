@@ -121,7 +121,7 @@ def _check_special_ids(tokenizer: PreTrainedTokenizerFast, source: str) -> None:
 def load_tokenizer(
     name_or_path: str, *, local_files_only: bool = False, revision: str | None = None
 ) -> PreTrainedTokenizerFast:
-    """Load a MoLFormer tokenizer from a directory holding ``tokenizer.json`` or from a hub id.
+    """Load a MoLFormer tokenizer from a directory holding ``tokenizer.json`` (or that file itself) or a hub id.
 
     Only ``tokenizer.json`` is read (as a ``PreTrainedTokenizerFast``), so the hub repository's custom tokenizer
     class is never imported. The special tokens are set explicitly and their ids checked.
@@ -131,7 +131,9 @@ def load_tokenizer(
             tokenizer.
     """
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    if path.is_file():
+        source = str(path)
+    elif path.is_dir():
         tokenizer_file = path / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise ModelLoadError(
@@ -219,6 +221,8 @@ def encode_smiles(
 
 def count_unknown(tokenizer: PreTrainedTokenizerFast, smiles: Iterable[str]) -> int:
     """Number of tokens in ``smiles`` that the tokenizer maps to ``<unk>`` (i.e. chemistry its vocabulary lacks)."""
-    unk_id = tokenizer.unk_token_id
-    encoded = tokenizer(list(smiles), add_special_tokens=False, verbose=False)["input_ids"]
-    return sum(ids.count(unk_id) for ids in encoded)
+    smiles = list(smiles)
+    if not smiles:
+        return 0
+    encoded = tokenizer(smiles, add_special_tokens=False, verbose=False)["input_ids"]
+    return sum(ids.count(tokenizer.unk_token_id) for ids in encoded)

@@ -93,7 +93,9 @@ class RefSelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.eps = cfg.linear_attention_eps
         self.rotary_embeddings = RefRotary(self.d, cfg.max_position_embeddings)
-        self.feature_map = RefFeatureMap(self.d, cfg.num_random_features, cfg.feature_map_kernel, cfg.deterministic_eval)
+        self.feature_map = RefFeatureMap(
+            self.d, cfg.num_random_features, cfg.feature_map_kernel, cfg.deterministic_eval
+        )
 
     def heads(self, x):
         return x.view(x.size()[:-1] + (self.h, self.d)).permute(0, 2, 1, 3)

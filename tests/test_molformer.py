@@ -307,6 +307,15 @@ def test_output_hidden_states_lists_every_block_input_and_the_last_output() -> N
     torch.testing.assert_close(model.LayerNorm(out.hidden_states[-1]), out.last_hidden_state)
 
 
+def test_forward_rejects_mismatched_shapes() -> None:
+    model = tiny_encoder(seed=17)
+    ids, mask = padded_batch()
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        model(ids, mask[:, :-1])
+    with pytest.raises(ValueError, match="input_ids must be 2-D"):
+        model(ids[0])
+
+
 # --- torch.func -----------------------------------------------------------------------------------------------------
 
 
@@ -421,6 +430,15 @@ def test_load_encoder_is_deterministic_by_default(tmp_path) -> None:
         saved.molformer.encoder.layer[1].attention.self.feature_map.weight,
     )
     assert not load_encoder(str(tmp_path), deterministic_eval=False).config.deterministic_eval
+
+
+def test_load_encoder_reads_an_encoder_only_checkpoint(tmp_path) -> None:
+    saved = tiny_encoder(seed=16)
+    saved.save_pretrained(tmp_path)
+    loaded = load_encoder(str(tmp_path))
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, mask).pooler_output, saved(ids, mask).pooler_output)
 
 
 def test_load_encoder_reports_a_missing_directory(tmp_path) -> None:

@@ -101,6 +101,7 @@ def test_encode_rejects_empty_input_and_too_small_max_length(tokenizer) -> None:
 
 def test_unknown_tokens_are_counted(tokenizer) -> None:
     assert count_unknown(tokenizer, SMILES) == 0
+    assert count_unknown(tokenizer, []) == 0
     # [Na+] and I are not in the vocabulary; "X" is not SMILES and is not matched by the regex at all.
     assert count_unknown(tokenizer, ["CC[Na+]", "ICCI", "CCX"]) == 4
     ids = tokenizer("ICC", add_special_tokens=False)["input_ids"]
@@ -116,6 +117,8 @@ def test_save_and_load_round_trip(tokenizer, tmp_path) -> None:
     assert original.input_ids.equal(reloaded.input_ids)
     assert original.attention_mask.equal(reloaded.attention_mask)
     assert (loaded.pad_token_id, loaded.unk_token_id) == (2, len(loaded) - 1)
+    from_file = load_tokenizer(str(tmp_path / "tok" / "tokenizer.json"))
+    assert from_file.get_vocab() == tokenizer.get_vocab()
 
 
 def test_load_reports_missing_directory_missing_file_and_unreachable_hub(tmp_path) -> None:
