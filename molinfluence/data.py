@@ -15,6 +15,7 @@ how the external pool overlaps the splits and drop external molecules that leak 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import math
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from molinfluence.files import write_csv, write_json
+from molinfluence.files import atomic_path, json_text
 
 if TYPE_CHECKING:  # pandas/rdkit/sklearn are imported lazily so that importing this module stays cheap
     import pandas as pd
@@ -52,6 +53,10 @@ SPLIT_NAMES = ("train", "validation", "test")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_LISTED = 5
 
+
+LABEL_LIMIT = 1e12
+"""Labels beyond this magnitude are rejected: no molecular property is that large, and squaring it in float32
+training overflows. Such a value is almost always a wrong column or a unit error."""
 
 class DataError(ValueError):
     """Bad input data or data configuration; the message names the file/hub id and the rows or column at fault."""
@@ -267,6 +272,8 @@ def _parse(smiles: str) -> tuple[Any, str]:
 def _label_problem(text: str, value: float) -> tuple[str, str] | None:
     """(category, detail) for an unusable label, None for a finite number."""
     if math.isfinite(value):
+        if abs(value) > LABEL_LIMIT:
+            return "implausibly large label", f"label {text!r} exceeds {LABEL_LIMIT:g} in magnitude (units or column?)"
         return None
     if not text.strip():
         return "missing label", "label is empty"
@@ -737,8 +744,15 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
 
 
 def write_prepared(prepared: PreparedData, outdir: str | Path) -> None:
-    """Write train/validation/test/external.csv and data_report.json into ``outdir``, each file atomically."""
+    """Write train/validation/test/external.csv and data_report.json into ``outdir`` as a group.
+
+    Every file is written to a temporary name first; they are renamed into place only after all of them were
+    written, so a failure (e.g. a report that is not valid JSON) leaves none of the stage's outputs behind.
+    """
     out = Path(outdir)
-    for name, frame in prepared.frames().items():
-        write_csv(out / f"{name}.csv", frame)
-    write_json(out / "data_report.json", prepared.report)
+    report = json_text(prepared.report, out / "data_report.json")  # fails before anything is written
+    with contextlib.ExitStack() as stack:
+        for name, frame in prepared.frames().items():
+            tmp = stack.enter_context(atomic_path(out / f"{name}.csv"))
+            frame.to_csv(tmp, index=False)
+        stack.enter_context(atomic_path(out / "data_report.json")).write_text(report, encoding="utf-8")

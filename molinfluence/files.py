@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is only needed by write_csv; keep importing this module cheap.
     import pandas as pd
 
-__all__ = ["atomic_path", "write_json", "read_json", "write_csv", "sha256_files"]
+__all__ = ["atomic_path", "json_text", "write_json", "read_json", "write_csv", "sha256_files"]
 
 
 def _remove(path: Path) -> None:
@@ -97,8 +97,8 @@ def _find_nonfinite(obj: Any, where: str) -> str | None:
     return None
 
 
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON (sorted keys, indent 2, trailing newline) atomically.
+def json_text(obj: Any, path: str | os.PathLike[str]) -> str:
+    """``obj`` as the JSON text :func:`write_json` writes to ``path`` (sorted keys, indent 2, trailing newline).
 
     NaN and infinity are not valid JSON and would silently break downstream readers, so they are rejected with a
     ValueError that names the file and where in ``obj`` the value sits. Numpy scalars/arrays and paths are converted.
@@ -112,8 +112,14 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
             f"cannot write {path}: non-finite number (NaN or infinity){detail} is not valid JSON; "
             "replace it with null (None) or a finite value"
         ) from exc
+    return text + "\n"
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (see :func:`json_text` for the format and the NaN check)."""
+    text = json_text(obj, path)
     with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

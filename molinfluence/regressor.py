@@ -131,14 +131,34 @@ def load_regressor(directory: str | Path, *, device: str | torch.device = "cpu")
     config = MolformerConfig.from_pretrained(directory)
     config.deterministic_eval = True
     model = MolformerRegressor(MolformerModel(config), spec)
-    state = load_file(str(directory / "model.safetensors"))
+    weights = directory / "model.safetensors"
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or not a safetensors file
         raise ModelLoadError(
-            f"{directory}/model.safetensors does not match its config.json ({first}); retrain or re-export the model"
+            f"{weights} cannot be read ({str(exc).splitlines()[0]}); the file is missing or damaged: rerun the stage "
+            "that wrote this model directory"
         ) from None
+    expected = model.state_dict()
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if mismatched or missing or unexpected:
+        if mismatched:
+            k = mismatched[0]
+            detail = (
+                f"{len(mismatched)} weights have other shapes, e.g. {k} is {tuple(state[k].shape)} in the file but "
+                f"{tuple(expected[k].shape)} by the config"
+            )
+        elif missing:
+            detail = f"{len(missing)} weights are missing, e.g. {missing[0]}"
+        else:
+            detail = f"{len(unexpected)} weights are not part of this model, e.g. {unexpected[0]}"
+        raise ModelLoadError(
+            f"{weights} does not match its config.json: {detail}; use the config.json saved with these weights "
+            "(or retrain)"
+        )
+    model.load_state_dict(state, strict=True)
     tokenizer = load_tokenizer(str(directory))
     model.to(device)
     model.eval()

@@ -92,8 +92,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _encode(tokenizer: Any, smiles: Sequence[str], cfg: TrainConfig):
-    return encode_smiles(tokenizer, list(smiles), max_length=cfg.max_length, truncation=cfg.truncation)
+def encode_checked(tokenizer: Any, frame: pd.DataFrame, cfg: TrainConfig, what: str = "input"):
+    """Tokenise ``frame.smiles``; molecules longer than ``max_length`` are truncated, or an error with
+    ``truncation: false``. ``frame.attrs["source"]`` (a file name), when set, names where the rows came from."""
+    smiles = frame["smiles"].tolist()
+    enc = encode_smiles(tokenizer, smiles, max_length=cfg.max_length, truncation=True)
+    if enc.n_truncated and not cfg.truncation:
+        long = [i for i, n in enumerate(enc.lengths) if n > cfg.max_length]
+        source = frame.attrs.get("source", f"the {what} split")
+        first = long[0]
+        raise ValueError(
+            f"{source}: {len(long)} of {len(smiles)} molecules have more than model.max_length={cfg.max_length} "
+            f"tokens (rows {', '.join(str(i + 1) for i in long[:5])}{', ...' if len(long) > 5 else ''}; row {first + 1} "
+            f"is {smiles[first]} with {enc.lengths[first]} tokens); set model.truncation: true to truncate them "
+            "explicitly, or remove them from the input"
+        )
+    return enc
 
 
 @torch.no_grad()
@@ -110,8 +124,13 @@ def predict(
     """Predictions in eval mode (fixed feature map), in input order."""
     model.eval()
     enc = encode_smiles(tokenizer, list(smiles), max_length=max_length, truncation=truncation)
+    return _predict_encoded(model, enc, batch_size, device)
+
+
+def _predict_encoded(model: MolformerRegressor, enc, batch_size: int, device) -> np.ndarray:
+    model.eval()
     out = []
-    for start in range(0, len(smiles), batch_size):
+    for start in range(0, enc.input_ids.shape[0], batch_size):
         ids = enc.input_ids[start : start + batch_size].to(device)
         mask = enc.attention_mask[start : start + batch_size].to(device)
         out.append(model(ids, mask).float().cpu())
@@ -119,19 +138,13 @@ def predict(
 
 
 def evaluate(model: MolformerRegressor, tokenizer: Any, frame: pd.DataFrame, cfg: TrainConfig, device) -> tuple[dict, pd.DataFrame]:
-    """Metrics (mse, rmse, mae, r2) and a predictions frame (smiles, truth, prediction) for one split."""
-    pred = predict(
-        model,
-        tokenizer,
-        frame["smiles"].tolist(),
-        batch_size=cfg.eval_batch_size,
-        max_length=cfg.max_length,
-        truncation=cfg.truncation,
-        device=device,
-    )
+    """Metrics (mse, rmse, mae, r2, n_truncated) and a predictions frame (smiles, truth, prediction) for one split."""
+    enc = encode_checked(tokenizer, frame, cfg, "evaluation")
+    with torch.no_grad():
+        pred = _predict_encoded(model, enc, cfg.eval_batch_size, device)
     truth = frame["label"].to_numpy(dtype=np.float64)
     preds = pd.DataFrame({"smiles": frame["smiles"].to_numpy(), "truth": truth, "prediction": pred})
-    return regression_metrics(truth, pred), preds
+    return {**regression_metrics(truth, pred), "n_truncated": enc.n_truncated}, preds
 
 
 def _validation_loss(model, enc, labels: torch.Tensor, cfg: TrainConfig, device) -> float:
@@ -189,8 +202,8 @@ def train_regressor(
     model.to(device)
 
     fingerprint = run_fingerprint(cfg, model, train, weights)
-    enc_train = _encode(tokenizer, train["smiles"], cfg)
-    enc_val = _encode(tokenizer, validation["smiles"], cfg)
+    enc_train = encode_checked(tokenizer, train, cfg, "training")
+    enc_val = encode_checked(tokenizer, validation, cfg, "validation")
     if enc_train.n_truncated or enc_val.n_truncated:
         log(f"truncated to {cfg.max_length} tokens: {enc_train.n_truncated} training, {enc_val.n_truncated} validation molecules")
     y_train = torch.tensor(train["label"].to_numpy(dtype=np.float32))

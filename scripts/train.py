@@ -52,6 +52,8 @@ def main() -> None:
 
     cfg = TrainConfig.from_dict(args.args)
     splits = {name: pd.read_csv(getattr(args, name)) for name in ("train", "validation", "test")}
+    for name, frame in splits.items():
+        frame.attrs["source"] = getattr(args, name)  # error messages name the file
     train = splits["train"][["smiles", "label"]]
     weights = None
     n_selected = n_added = 0
@@ -65,7 +67,9 @@ def main() -> None:
         n_added = len(extra)
         if n_added:
             weights = [1.0] * len(train) + extra["weight"].astype(float).tolist()
+            source = f"{args.train} (rows 1-{len(train)}) + {args.extra} (the rows after)"
             train = pd.concat([train, extra[["smiles", "label"]]], ignore_index=True)
+            train.attrs["source"] = source
             if all(w == 1.0 for w in weights):
                 weights = None
 

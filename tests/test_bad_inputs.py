@@ -201,11 +201,6 @@ def test_config_lists_every_problem_at_once(demo_config: dict[str, Any]) -> None
     assert "`model.pooling`: 'max' is not allowed; allowed values: 'cls', 'mean'" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.schema.yaml: influence.scale is a oneOf without a description, so config._describe prints only "
-    "\"-1 is not valid\" and never says that 'auto' or a number > 0 is allowed",
-)
 def test_config_bad_scale_says_what_is_allowed(demo_config: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as info:
         validate_config(merge(demo_config, {"influence": {"scale": -1}}))
@@ -477,11 +472,6 @@ def test_drop_policy_succeeds_and_lists_every_dropped_row(tmp_path: Path, good_r
     assert not leftovers(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data: a label of 1e308 passes clean_table, the label std overflows to inf, and write_prepared has already "
-    "written train/validation/test/external.csv when write_json refuses data_report.json: a half-written data stage",
-)
 def test_overflowing_label_leaves_no_partial_outputs(tmp_path: Path, good_rows) -> None:
     dataset_rows, _ = good_rows
     dataset = write_file(tmp_path / "dataset.csv", csv_text(dataset_rows, ("smiles", "label"), {3: ["CCCCO", "1e308"]}))
@@ -587,11 +577,6 @@ def test_too_long_smiles_without_truncation_is_an_error(too_long_run: TrainRun) 
 
 
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="training.train_regressor / tokenizer.encode_smiles: the too-long error says 'first indices: [3]' "
-    "(0-based positions) without the file, its row number or the config keys model.max_length / model.truncation",
-)
 def test_too_long_smiles_error_names_file_row_and_config_key(too_long_run: TrainRun) -> None:
     message = "\n".join(error_lines(too_long_run[0]))
     assert "train.csv" in message and "row 4" in message and "model.max_length" in message
@@ -637,22 +622,12 @@ def test_checkpoint_shapes_do_not_match_config(shape_mismatch_run: TrainRun) -> 
 
 
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="regressor.load_regressor keeps only the first line of load_state_dict's RuntimeError "
-    "('Error(s) in loading state_dict for MolformerRegressor:'), dropping which weight has which shape",
-)
 def test_checkpoint_shape_error_names_the_weight(shape_mismatch_run: TrainRun) -> None:
     message = "\n".join(error_lines(shape_mismatch_run[0]))
     assert "intermediate" in message and re.search(r"64,\s*16", message)  # config implies (64, 16), file has (32, 16)
 
 
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="regressor.load_regressor calls safetensors load_file unguarded: a truncated model.safetensors ends in "
-    "a SafetensorError traceback instead of a ModelLoadError naming the file",
-)
 def test_truncated_checkpoint(tmp_path: Path, splits, regressor_dir: Path) -> None:
     bad = corrupt_copy(regressor_dir, tmp_path, "truncated weights")
     proc, outputs, out = run_train(tmp_path, splits, encoder=bad, init="continue")

@@ -8,7 +8,10 @@ def figure_files():
     return [f"{R}/figures/{name}.png" for name in ("rmse_vs_k", "training_curves", "influence_histogram", "pred_vs_true")]
 
 
+# Cheap rules, and the two that may need the network (hub dataset and model), run on the submitting node.
 localrules:
+    prepare_data,
+    pretrained_encoder,
     select_scored,
     select_control,
     select_random,
