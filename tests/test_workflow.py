@@ -195,3 +195,25 @@ def test_killed_base_training_resumes_to_the_uninterrupted_result(demo, tmp_path
         assert torch.equal(ours[name], tensor), name
     assert json.loads((work / target).read_text()) == json.loads((demo.results / "base/metrics.json").read_text())
     assert not checkpoint.exists()  # the resume state is removed once the job has finished
+
+
+def test_same_config_gives_bit_identical_results(demo, tmp_path):
+    """A second run of the same config (fresh working directory) reproduces splits, IHVP, scores and metrics exactly."""
+    other = tmp_path / "again"
+    run = "results/finetune/continue/most_negative/k20/seed0"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(demo.checkout / "Snakefile"), "--directory", str(other),
+           "--configfile", str(demo.config), "--cores", "2", "results/influence/scores.csv", f"{run}/metrics.json"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = demo.work, other
+    for path in ["results/data/train.csv", "results/data/validation.csv", "results/data/test.csv",
+                 "results/data/external.csv", "results/base/metrics.json", "results/base/predictions.csv",
+                 "results/influence/scores.csv", "results/selection/most_negative_k20.csv",
+                 f"{run}/metrics.json", f"{run}/predictions.csv"]:
+        assert (a / path).read_bytes() == (b / path).read_bytes(), path
+    ihvp_a = torch.load(a / "results/influence/hessian_inverse_fast.pt", weights_only=True)["ihvp"]
+    ihvp_b = torch.load(b / "results/influence/hessian_inverse_fast.pt", weights_only=True)["ihvp"]
+    assert ihvp_a.keys() == ihvp_b.keys() and all(torch.equal(ihvp_a[k], ihvp_b[k]) for k in ihvp_a)
+    scores_a = torch.load(a / "results/influence/external_influence_scores.pt", weights_only=True)["scores"]
+    scores_b = torch.load(b / "results/influence/external_influence_scores.pt", weights_only=True)["scores"]
+    assert torch.equal(scores_a, scores_b)
