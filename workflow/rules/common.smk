@@ -26,7 +26,10 @@ if _external and not _external.startswith("pkg:") and not Path(_external).exists
     )
 
 R = config["results"]
-PY = sys.executable
+ENV = str(ROOT / "workflow" / "envs" / "molinfluence.yaml")
+# With --sw-deployment-method conda a job runs inside the rule's environment: use its python. Otherwise the interpreter
+# that runs snakemake (its environment has the package's dependencies).
+PY = "python" if "conda" in {str(m).lower() for m in workflow.deployment_settings.deployment_method} else sys.executable
 
 
 def script(name):
@@ -61,6 +64,7 @@ if TARGET_SPLIT == "test":
     )
 
 SCORED = ("most_negative", "most_positive", "both_ends")
+TRUNCATION = "" if config["model"]["truncation"] else "--no-truncation"
 
 
 def grid():
@@ -94,7 +98,39 @@ def all_targets():
         f"{R}/metrics.md",
         f"{R}/metrics_per_run.csv",
         *figure_files(),
+        *validation_targets(),  # empty unless validation.enabled
     ]
+
+
+# Input functions and helpers of the stage files (kept here: Snakemake's linter wants rules and functions apart).
+
+
+def pretrained_inputs(wildcards):
+    if config["model"]["source"] == "random":
+        return [rules.prepare_data.output[s] for s in ("train", "validation", "test", "external")]
+    return []
+
+
+def train_args(epochs, seed):
+    """The training recipe for one run: config `train`, with the model's token limit, this run's epochs and seed."""
+    model = config["model"]
+    return jarg(
+        {**config["train"], "epochs": epochs, "seed": seed, "max_length": model["max_length"], "truncation": model["truncation"]}
+    )
+
+
+def selection_file(w):
+    if w.strategy == "random":
+        return f"{R}/selection/random_k{w.k}_seed{w.seed}.csv"
+    return f"{R}/selection/{w.strategy}_k{w.k}.csv"
+
+
+def finetune_start(w):
+    return rules.train_base.output.model if w.init == "continue" else rules.pretrained_encoder.output[0]
+
+
+def figure_files():
+    return [f"{R}/figures/{name}.png" for name in ("rmse_vs_k", "training_curves", "influence_histogram", "pred_vs_true")]
 
 
 wildcard_constraints:

@@ -10,13 +10,16 @@ rule prepare_data:
         external=f"{R}/data/external.csv",
         report=f"{R}/data/data_report.json",
     params:
+        py=PY,
         args=jarg(config["data"]),
-        outdir=f"{R}/data",
+        outdir=lambda w, output: str(Path(output.report).parent),
         script=script("prepare_data"),
         code=code("data", script_name="prepare_data"),
+    conda:
+        ENV
     log:
         f"{R}/logs/prepare_data.log",
     benchmark:
         f"{R}/benchmarks/prepare_data.tsv"
     shell:
-        "{PY:q} {params.script:q} --args {params.args:q} --outdir {params.outdir:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --args {params.args:q} --outdir {params.outdir:q} > {log:q} 2>&1"

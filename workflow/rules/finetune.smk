@@ -3,16 +3,6 @@
 # base training, with finetune.epochs. Model weights are kept only with finetune.keep_models (187 MB each at full size).
 
 
-def selection_file(w):
-    if w.strategy == "random":
-        return f"{R}/selection/random_k{w.k}_seed{w.seed}.csv"
-    return f"{R}/selection/{w.strategy}_k{w.k}.csv"
-
-
-def finetune_start(w):
-    return rules.train_base.output.model if w.init == "continue" else rules.pretrained_encoder.output[0]
-
-
 FT_OUT = "{init}/{strategy}/k{k}/seed{seed}"
 _ft_outputs = dict(
     metrics=f"{R}/finetune/{FT_OUT}/metrics.json",
@@ -33,6 +23,7 @@ rule finetune:
     output:
         **_ft_outputs,
     params:
+        py=PY,
         args=lambda w: train_args(FT["epochs"], int(w.seed)),
         spec=jarg({k: config["model"][k] for k in ("pooling", "head_dropout", "max_length")}),
         resume=lambda w: f"{R}/.resume/finetune/{w.init}/{w.strategy}/k{w.k}/seed{w.seed}",
@@ -42,12 +33,14 @@ rule finetune:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        ENV
     log:
         f"{R}/logs/finetune/{FT_OUT}.log",
     benchmark:
         f"{R}/benchmarks/finetune/{FT_OUT}.tsv"
     shell:
-        "{PY:q} {params.script:q} --args {params.args:q} --spec {params.spec:q} --init {wildcards.init}"
+        "{params.py:q} {params.script:q} --args {params.args:q} --spec {params.spec:q} --init {wildcards.init}"
         " --encoder {input.start:q} --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
         " --extra {input.selection:q} --resume-dir {params.resume:q} --threads {threads} {params.model_arg}"
         " --out-metrics {output.metrics:q} --out-predictions {output.predictions:q} --out-log {output.log:q}"

@@ -1,7 +1,6 @@
 # Influence: s = (H + λI)⁻¹ v with H the Hessian of the mean training loss at the base model and v the gradient of the
 # target-split loss (validation by default), then I(z) = -sᵀ∇L(z) for every external sample (batched JVPs).
 
-TRUNCATION = "" if config["model"]["truncation"] else "--no-truncation"
 INF_CODE = code(*MODEL_MODULES, "influence", script_name="influence_ihvp")
 SCORE_CODE = code(*MODEL_MODULES, "influence", script_name="influence_scores")
 
@@ -15,21 +14,25 @@ rule influence_ihvp:
         ihvp=f"{R}/influence/hessian_inverse_fast.pt",
         stats=f"{R}/influence/ihvp_stats.json",
     params:
+        py=PY,
         args=jarg({k: v for k, v in INF.items() if k not in ("target", "score_batch_size")}),
         target=TARGET_SPLIT,
         device=config["train"]["device"],
+        truncation=TRUNCATION,
         script=script("influence_ihvp"),
         code=INF_CODE,
     threads: 1
     resources:
         gpu=1,
+    conda:
+        ENV
     log:
         f"{R}/logs/influence_ihvp.log",
     benchmark:
         f"{R}/benchmarks/influence_ihvp.tsv"
     shell:
-        "{PY:q} {params.script:q} --args {params.args:q} --model {input.model:q} --train {input.train:q}"
-        " --target {input.target:q} --target-name {params.target} --device {params.device:q} --threads {threads} {TRUNCATION}"
+        "{params.py:q} {params.script:q} --args {params.args:q} --model {input.model:q} --train {input.train:q}"
+        " --target {input.target:q} --target-name {params.target} --device {params.device:q} --threads {threads} {params.truncation}"
         " --out {output.ihvp:q} --out-stats {output.stats:q} > {log:q} 2>&1"
 
 
@@ -43,18 +46,22 @@ rule influence_scores:
         table=f"{R}/influence/scores.csv",
         top=f"{R}/influence/top_influence.txt",
     params:
+        py=PY,
         batch_size=INF["score_batch_size"],
         device=config["train"]["device"],
+        truncation=TRUNCATION,
         script=script("influence_scores"),
         code=SCORE_CODE,
     threads: 1
     resources:
         gpu=1,
+    conda:
+        ENV
     log:
         f"{R}/logs/influence_scores.log",
     benchmark:
         f"{R}/benchmarks/influence_scores.tsv"
     shell:
-        "{PY:q} {params.script:q} --ihvp {input.ihvp:q} --model {input.model:q} --external {input.external:q}"
-        " --batch-size {params.batch_size} --device {params.device:q} --threads {threads} {TRUNCATION}"
+        "{params.py:q} {params.script:q} --ihvp {input.ihvp:q} --model {input.model:q} --external {input.external:q}"
+        " --batch-size {params.batch_size} --device {params.device:q} --threads {threads} {params.truncation}"
         " --out {output.scores:q} --out-table {output.table:q} --out-top {output.top:q} > {log:q} 2>&1"

@@ -3,25 +3,22 @@
 # from the data (the offline demo).
 
 
-def pretrained_inputs(wildcards):
-    if config["model"]["source"] == "random":
-        return [rules.prepare_data.output[s] for s in ("train", "validation", "test", "external")]
-    return []
-
-
 rule pretrained_encoder:
     input:
         pretrained_inputs,
     output:
         directory(f"{R}/pretrained"),
     params:
+        py=PY,
         args=jarg(config["model"]),
         data=f"{R}/data",
         script=script("pretrained"),
         code=code("molformer", "tokenizer", script_name="pretrained"),
+    conda:
+        ENV
     log:
         f"{R}/logs/pretrained_encoder.log",
     benchmark:
         f"{R}/benchmarks/pretrained_encoder.tsv"
     shell:
-        "{PY:q} {params.script:q} --args {params.args:q} --data {params.data:q} --out {output:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --args {params.args:q} --data {params.data:q} --out {output:q} > {log:q} 2>&1"

@@ -4,10 +4,6 @@
 REPORT = ROOT / "workflow" / "report"
 
 
-def figure_files():
-    return [f"{R}/figures/{name}.png" for name in ("rmse_vs_k", "training_curves", "influence_histogram", "pred_vs_true")]
-
-
 # Cheap rules, and the two that may need the network (hub dataset and model), run on the submitting node.
 localrules:
     prepare_data,
@@ -28,15 +24,18 @@ rule metrics_table:
         markdown=report(f"{R}/metrics.md", category="1. Metrics", caption=str(REPORT / "metrics.rst")),
         per_run=report(f"{R}/metrics_per_run.csv", category="1. Metrics", caption=str(REPORT / "per_run.rst")),
     params:
-        results=R,
+        py=PY,
+        results=lambda w, input: str(Path(input.base).parents[1]),
         script=script("metrics_table"),
         code=code("metrics", script_name="metrics_table"),
+    conda:
+        ENV
     log:
         f"{R}/logs/metrics_table.log",
     benchmark:
         f"{R}/benchmarks/metrics_table.tsv"
     shell:
-        "{PY:q} {params.script:q} --results {params.results:q} --base {input.base:q} {input.runs:q}"
+        "{params.py:q} {params.script:q} --results {params.results:q} --base {input.base:q} {input.runs:q}"
         " --out-table {output.table:q} --out-markdown {output.markdown:q} --out-per-run {output.per_run:q}"
         " > {log:q} 2>&1"
 
@@ -55,14 +54,17 @@ rule figures:
         hist=report(f"{R}/figures/influence_histogram.png", category="2. Figures", caption=str(REPORT / "histogram.rst")),
         scatter=report(f"{R}/figures/pred_vs_true.png", category="2. Figures", caption=str(REPORT / "scatter.rst")),
     params:
-        results=R,
-        outdir=f"{R}/figures",
+        py=PY,
+        results=lambda w, input: str(Path(input.base_log).parents[1]),
+        outdir=lambda w, output: str(Path(output.rmse).parent),
         script=script("figures"),
         code=code("plots", "metrics", script_name="figures"),
+    conda:
+        ENV
     log:
         f"{R}/logs/figures.log",
     benchmark:
         f"{R}/benchmarks/figures.tsv"
     shell:
-        "{PY:q} {params.script:q} --results {params.results:q} --table {input.table:q} --per-run {input.per_run:q}"
+        "{params.py:q} {params.script:q} --results {params.results:q} --table {input.table:q} --per-run {input.per_run:q}"
         " --scores {input.scores:q} --outdir {params.outdir:q} > {log:q} 2>&1"

@@ -12,14 +12,17 @@ rule select_scored:
     wildcard_constraints:
         strategy="most_negative|most_positive|both_ends|weighted",
     params:
+        py=PY,
         script=script("select_samples"),
         code=SELECT_CODE,
+    conda:
+        ENV
     log:
         f"{R}/logs/selection/{{strategy}}_k{{k}}.log",
     benchmark:
         f"{R}/benchmarks/selection/{{strategy}}_k{{k}}.tsv"
     shell:
-        "{PY:q} {params.script:q} --strategy {wildcards.strategy} --k {wildcards.k} --pool {input.pool:q}"
+        "{params.py:q} {params.script:q} --strategy {wildcards.strategy} --k {wildcards.k} --pool {input.pool:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -31,14 +34,17 @@ rule select_control:
     wildcard_constraints:
         strategy="all|none",
     params:
+        py=PY,
         script=script("select_samples"),
         code=SELECT_CODE,
+    conda:
+        ENV
     log:
         f"{R}/logs/selection/{{strategy}}_k{{k}}.log",
     benchmark:
         f"{R}/benchmarks/selection/{{strategy}}_k{{k}}.tsv"
     shell:
-        "{PY:q} {params.script:q} --strategy {wildcards.strategy} --k {wildcards.k} --pool {input.pool:q}"
+        "{params.py:q} {params.script:q} --strategy {wildcards.strategy} --k {wildcards.k} --pool {input.pool:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -48,14 +54,17 @@ rule select_random:
     output:
         f"{R}/selection/random_k{{k}}_seed{{seed}}.csv",
     params:
+        py=PY,
         # one random subset per fine-tuning seed: the control's spread includes the luck of the draw
         seed=lambda w: 1000 * SEL["seed"] + int(w.seed),
         script=script("select_samples"),
         code=SELECT_CODE,
+    conda:
+        ENV
     log:
         f"{R}/logs/selection/random_k{{k}}_seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/selection/random_k{{k}}_seed{{seed}}.tsv"
     shell:
-        "{PY:q} {params.script:q} --strategy random --k {wildcards.k} --seed {params.seed} --pool {input.pool:q}"
+        "{params.py:q} {params.script:q} --strategy random --k {wildcards.k} --seed {params.seed} --pool {input.pool:q}"
         " --out {output:q} > {log:q} 2>&1"

@@ -3,14 +3,6 @@
 # declared outputs before a job starts, which would throw the checkpoint away).
 
 
-def train_args(epochs, seed):
-    """The training recipe for one run: config `train`, with the model's token limit, this run's epochs and seed."""
-    model = config["model"]
-    return jarg(
-        {**config["train"], "epochs": epochs, "seed": seed, "max_length": model["max_length"], "truncation": model["truncation"]}
-    )
-
-
 TRAIN_CODE = code(*MODEL_MODULES, "training", "metrics", script_name="train")
 
 
@@ -26,6 +18,7 @@ rule train_base:
         predictions=f"{R}/base/predictions.csv",
         log=f"{R}/base/train_log.csv",
     params:
+        py=PY,
         args=train_args(config["train"]["epochs"], config["train"]["seed"]),
         spec=jarg({k: config["model"][k] for k in ("pooling", "head_dropout", "max_length")}),
         resume=f"{R}/.resume/base",
@@ -34,12 +27,14 @@ rule train_base:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        ENV
     log:
         f"{R}/logs/train_base.log",
     benchmark:
         f"{R}/benchmarks/train_base.tsv"
     shell:
-        "{PY:q} {params.script:q} --args {params.args:q} --spec {params.spec:q} --init fresh"
+        "{params.py:q} {params.script:q} --args {params.args:q} --spec {params.spec:q} --init fresh"
         " --encoder {input.encoder:q} --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
         " --resume-dir {params.resume:q} --threads {threads}"
         " --out-model {output.model:q} --out-metrics {output.metrics:q} --out-predictions {output.predictions:q}"
