@@ -1,0 +1,445 @@
+"""Influence engine: HVPs, the three inverse-HVP solvers, their safeguards, and the scores, each against an
+independent reference (autograd's dense Hessian, finite differences, a dense solve, a batch-1 backward loop, and
+refitting a ridge regression).
+
+The dense reference Hessian is ``torch.autograd.functional.hessian`` (reverse-over-reverse with plain autograd), not
+``torch.func.hessian``: in torch 2.13 the latter (jacfwd of jacrev, like jacrev of jacrev) gets the cross terms
+between a LayerNorm's weight and the parameters before it wrong, while forward-over-reverse (jacfwd of grad), double
+backward and finite differences agree with each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from molinfluence.influence import (
+    Batch,
+    EigenEstimate,
+    InfluenceArgs,
+    InfluenceDivergence,
+    NegativeCurvature,
+    SubsetObjective,
+    compute_ihvp,
+    exact,
+    exact_hessian,
+    hvp,
+    lissa,
+    load_ihvp,
+    loss_gradient,
+    save_ihvp,
+    score_samples,
+    score_samples_loop,
+    select_params,
+)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Toy models with the regressor's parameter names (molformer.encoder.layer.{i}., molformer.LayerNorm., head.)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(x)) + x
+
+
+class ToyEncoder(nn.Module):
+    def __init__(self, vocab: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab, hidden)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(ToyLayer(hidden) for _ in range(layers))
+        self.LayerNorm = nn.LayerNorm(hidden)
+
+
+class ToyRegressor(nn.Module):
+    """Embedding → residual tanh layers → LayerNorm → masked mean → Linear: ``(input_ids, mask) -> (B,)``."""
+
+    def __init__(self, vocab: int = 20, hidden: int = 6, layers: int = 2) -> None:
+        super().__init__()
+        self.molformer = ToyEncoder(vocab, hidden, layers)
+        self.head = nn.Linear(hidden, 1)
+
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.molformer.embeddings(ids)
+        for layer in self.molformer.encoder.layer:
+            x = layer(x)
+        x = self.molformer.LayerNorm(x)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids, mask)).squeeze(-1)
+
+
+def toy_batch(n: int, seed: int, name: str, vocab: int = 20, width: int = 9) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, width + 1, (n,), generator=g)
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()
+    ids = torch.randint(1, vocab, (n, width), generator=g) * mask
+    labels = (ids.float() * mask).sum(1) / mask.sum(1) / 10 + 0.1 * torch.randn(n, generator=g)
+    return Batch(ids, mask, labels, name=name)
+
+
+def fit(model: nn.Module, train: Batch, steps: int, lr: float, params=None) -> None:
+    """Full-batch Adam on the mean squared error, in eval mode (a fixed function, as influence sees it)."""
+    model.eval()
+    opt = torch.optim.Adam(params if params is not None else model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((model(train.input_ids, train.attention_mask) - train.labels) ** 2).mean().backward()
+        opt.step()
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.manual_seed(0)
+    model = ToyRegressor().double()
+    train, val, ext = toy_batch(40, 1, "train"), toy_batch(12, 2, "validation"), toy_batch(30, 3, "external")
+    train.labels, val.labels, ext.labels = train.labels.double(), val.labels.double(), ext.labels.double()
+    fit(model, train, 300, 1e-2)
+    return model, train, val, ext
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments and parameter selection
+
+
+def test_args_round_trip_and_errors_name_the_key():
+    args = InfluenceArgs(method="cg", params=["head", "molformer.LayerNorm"], damping=0.1, scale=3.0, seed=4)
+    assert InfluenceArgs.from_dict(args.to_dict()) == args
+    with pytest.raises(ValueError, match=r"influence\.depth must be > 0"):
+        InfluenceArgs(depth=0)
+    with pytest.raises(ValueError, match=r"influence\.scale"):
+        InfluenceArgs(scale="big")
+    with pytest.raises(ValueError, match=r"influence\.safety_factor"):
+        InfluenceArgs(safety_factor=0.5)
+    with pytest.raises(ValueError, match=r"influence\.params"):
+        InfluenceArgs(params="last_layers:0")
+    with pytest.raises(ValueError, match=r"influence\.dampnig is not a known option"):
+        InfluenceArgs.from_dict({"dampnig": 0.1})
+    with pytest.raises(ValueError, match=r"influence\.hvp_mode"):
+        InfluenceArgs.from_dict({"hvp_mode": "fd"})
+
+
+def test_select_params_specs_and_errors():
+    model = ToyRegressor(layers=3)
+    assert list(select_params(model, "head")) == ["head.weight", "head.bias"]
+    assert list(select_params(model, "last_layers:2")) == [
+        "molformer.encoder.layer.1.dense.weight",
+        "molformer.encoder.layer.1.dense.bias",
+        "molformer.encoder.layer.2.dense.weight",
+        "molformer.encoder.layer.2.dense.bias",
+        "molformer.LayerNorm.weight",
+        "molformer.LayerNorm.bias",
+        "head.weight",
+        "head.bias",
+    ]
+    assert len(select_params(model, "all")) == len(list(model.parameters()))
+    assert list(select_params(model, ["molformer.encoder.layer.0."])) == [
+        "molformer.encoder.layer.0.dense.weight",
+        "molformer.encoder.layer.0.dense.bias",
+    ]
+    with pytest.raises(ValueError, match=r"influence\.params.*\['hed'\].*valid prefixes.*head"):
+        select_params(model, ["hed"])
+    with pytest.raises(ValueError, match=r"influence\.params.*last_layers:4.*3"):
+        select_params(model, "last_layers:4")
+    with pytest.raises(ValueError, match=r"influence\.params"):
+        select_params(model, [])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HVPs and the exact Hessian
+
+
+@pytest.mark.parametrize("mode", ["func", "double_backward"])
+def test_hvp_matches_the_dense_hessian_and_finite_differences(toy, mode):
+    model, train, _, _ = toy
+    obj = SubsetObjective(model, "last_layers:1")  # a residual layer, a LayerNorm and the head
+    n = len(train)
+
+    def mean_loss(theta):
+        return obj.loss_sum(theta, train) / n
+
+    reference = torch.autograd.functional.hessian(mean_loss, obj.theta0)  # unchunked, no torch.func involved
+    vec = torch.randn(obj.numel, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = hvp(obj, train, vec, mode=mode, batch_size=7)  # chunks of 7: the accumulation is exercised too
+    assert rel(got, reference @ vec) < 1e-10
+
+    eps = 1e-5
+    g_plus = torch.func.grad(mean_loss)(obj.theta0 + eps * vec)
+    g_minus = torch.func.grad(mean_loss)(obj.theta0 - eps * vec)
+    assert rel(got, (g_plus - g_minus) / (2 * eps)) < 1e-6
+
+
+def test_exact_hessian_matches_autograd_and_refuses_large_subsets(toy):
+    model, train, _, _ = toy
+    obj = SubsetObjective(model, "last_layers:1")
+    reference = torch.autograd.functional.hessian(lambda t: obj.loss_sum(t, train) / len(train), obj.theta0)
+    assert torch.allclose(exact_hessian(obj, train, batch_size=16), reference, rtol=1e-9, atol=1e-11)
+    with pytest.raises(ValueError, match=r"limited to 10 parameters.*influence\.params"):
+        exact_hessian(obj, train, max_params=10)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Solvers on a tiny MoLFormer regressor
+
+SUBSET = ["molformer.encoder.layer.1.output", "molformer.LayerNorm", "head"]  # 609 entries of the tiny MoLFormer
+
+
+@pytest.fixture(scope="module")
+def tiny_molformer(tiny_encoder_dir, molecules):
+    """A tiny MoLFormer regressor fitted to 32 FreeSolv molecules; 16 validation and 32 external molecules."""
+    from molinfluence.regressor import RegressorSpec, encode_frame, new_regressor
+
+    model, tokenizer = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=0)
+    frame = molecules.sample(n=80, random_state=0).reset_index(drop=True)
+    frame["label"] = (frame["label"] - frame["label"][:32].mean()) / frame["label"][:32].std()
+
+    def batch(rows: slice, name: str) -> Batch:
+        return Batch(*encode_frame(tokenizer, frame[rows], 202), name=name)
+
+    train, val, ext = batch(slice(0, 32), "train"), batch(slice(32, 48), "validation"), batch(slice(48, 80), "external")
+    torch.manual_seed(0)
+    fit(model, train, 300, 3e-3)
+    return model, train, val, ext
+
+
+@pytest.fixture(scope="module")
+def tiny_exact(tiny_molformer):
+    """Float64 objective, v and dense Hessian on the ≤ 2,000-entry subset, and the exact IHVP at default damping."""
+    model, train, val, _ = tiny_molformer
+    obj = SubsetObjective(model, SUBSET, torch.float64)
+    assert obj.numel <= 2000
+    v = loss_gradient(obj, val)
+    ref = compute_ihvp(model, train, val, InfluenceArgs(method="exact", params=SUBSET), progress=False)
+    return obj, v, ref
+
+
+@pytest.mark.parametrize("mode", ["func", "double_backward"])
+def test_molformer_hvp_matches_finite_differences(tiny_molformer, tiny_exact, mode):
+    _, train, _, _ = tiny_molformer
+    obj, _, _ = tiny_exact  # float64, encoder layer output block + final LayerNorm + head
+    vec = torch.randn(obj.numel, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grad = lambda t: torch.func.grad(lambda u: obj.loss_sum(u, train) / len(train))(t)  # noqa: E731
+    eps = 1e-5
+    fd = (grad(obj.theta0 + eps * vec) - grad(obj.theta0 - eps * vec)) / (2 * eps)
+    assert rel(hvp(obj, train, vec, mode=mode, batch_size=20), fd) < 1e-6
+
+
+def test_lissa_full_batch_matches_exact_with_auto_scale_and_default_damping(tiny_molformer, tiny_exact):
+    model, train, val, _ = tiny_molformer
+    obj, v, _ = tiny_exact
+    args = InfluenceArgs(params=SUBSET, batch_size=len(train), repeats=1)
+    assert args.damping == InfluenceArgs().damping and args.scale == "auto"
+    result = compute_ihvp(model, train, val, args, progress=False)
+    stats = result.stats
+    assert stats["converged"] and stats["steps"][0] < args.depth
+    # Same absolute λ for the reference: this compares solvers, not the two λ_max(H) estimates.
+    reference = exact(obj, train, v, stats["lambda"]).x
+    assert rel(obj.flatten(result.ihvp), reference) <= 1e-2
+    assert stats["scale"] == pytest.approx(args.safety_factor * stats["lambda_max_A"])
+    assert stats["error_estimate"] <= 2e-2 and stats["relative_residual"] < 1e-2
+
+
+def test_lissa_mini_batches_and_cg_match_exact(tiny_molformer, tiny_exact):
+    model, train, val, _ = tiny_molformer
+    obj, v, _ = tiny_exact
+    args = InfluenceArgs(params=SUBSET, batch_size=16, repeats=2, depth=600, seed=1)
+    result = compute_ihvp(model, train, val, args, progress=False)
+    assert not result.stats["full_batch"] and len(result.stats["repeat_norms"]) == 2
+    assert rel(obj.flatten(result.ihvp), exact(obj, train, v, result.stats["lambda"]).x) <= 3e-2
+    assert 0 <= result.stats["repeat_norm_spread"] < 0.05
+
+    result = compute_ihvp(model, train, val, InfluenceArgs(method="cg", params=SUBSET, tolerance=1e-5), progress=False)
+    assert result.stats["converged"]
+    assert rel(obj.flatten(result.ihvp), exact(obj, train, v, result.stats["lambda"]).x) <= 1e-4
+
+
+def test_exact_method_uses_relative_damping(tiny_molformer, tiny_exact):
+    _, train, _, _ = tiny_molformer
+    obj, v, ref = tiny_exact
+    hess = exact_hessian(obj, train)
+    lam = 0.01 * float(torch.linalg.eigvalsh(hess)[-1])
+    assert ref.stats["lambda"] == pytest.approx(lam, rel=1e-12)
+    assert rel(obj.flatten(ref.ihvp), torch.linalg.solve(hess + lam * torch.eye(obj.numel, dtype=hess.dtype), v)) < 1e-8
+
+
+def test_batched_scores_equal_the_batch1_loop_and_are_not_the_identity_order(tiny_molformer, tiny_exact):
+    model, _, _, ext = tiny_molformer
+    ihvp = tiny_exact[2]
+    # float32 IHVP: the same dtype the pipeline scores in
+    ihvp32 = type(ihvp)(ihvp={k: t.float() for k, t in ihvp.ihvp.items()}, stats=ihvp.stats, args=ihvp.args)
+    batched = score_samples(model, ihvp32, ext, batch_size=10)
+    loop = score_samples_loop(model, ihvp32, ext)
+    assert batched.shape == (len(ext),) and batched.dtype == torch.float64
+    assert bool(torch.isfinite(batched).all())
+    assert float((batched - loop).abs().max() / loop.abs().max()) <= 1e-5
+    # Peers' bug: NaN scores made every "top-k" the first k rows. Real scores must order the rows otherwise.
+    order = torch.argsort(batched)
+    assert not torch.equal(order, torch.arange(len(ext))) and not torch.equal(order, torch.arange(len(ext)).flip(0))
+    assert len(torch.unique(batched)) == len(ext)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Safeguards
+
+
+def test_too_small_scale_is_reported_as_divergence(toy):
+    model, train, val, _ = toy
+    args = InfluenceArgs(params="last_layers:1", scale=1e-3, batch_size=len(train), repeats=1)
+    with pytest.raises(InfluenceDivergence, match=r"LiSSA diverged.*influence\.scale"):
+        compute_ihvp(model, train, val, args, progress=False)
+
+
+class Indefinite(nn.Module):
+    """``f = c·θ₀ + d·θ₁²`` at θ = 0 with label 1: H = diag(2c², −4d) exactly (here diag(8, −2))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        f = 2.0 * self.theta[0] + 0.5 * self.theta[1] ** 2
+        return f.expand(ids.shape[0])
+
+
+@pytest.mark.parametrize("method", ["lissa", "cg", "exact"])
+def test_negative_curvature_is_reported_with_a_damping_that_works(method):
+    model = Indefinite()
+    data = Batch(torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long), torch.ones(4, dtype=torch.float64))
+    args = InfluenceArgs(method=method, params="theta", damping=0.01, dtype="float64")
+    with pytest.raises(NegativeCurvature, match=r"influence\.damping > 0\.25") as info:
+        compute_ihvp(model, data, data, args, progress=False)
+    # λ_min(H) = −2, λ_max(H) = 8: any relative damping above 0.25 makes H + λI positive definite.
+    assert info.value.suggested_damping == pytest.approx(0.5)
+    assert info.value.lambda_min_H == pytest.approx(-2.0, rel=1e-6)
+    fixed = compute_ihvp(model, data, data, InfluenceArgs(method=method, params="theta", damping=0.5, dtype="float64",
+                                                         batch_size=4, tolerance=1e-9), progress=False)
+    # v = ∇L = (−4, 0): s = (H + 4I)⁻¹ v = (−1/3, 0)
+    assert torch.allclose(fixed.ihvp["theta"], torch.tensor([-1 / 3, 0.0], dtype=torch.float64), atol=1e-6)
+
+
+def test_negative_curvature_missed_by_power_iteration_is_diagnosed_when_lissa_diverges():
+    model = Indefinite()
+    data = Batch(torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long), torch.ones(4, dtype=torch.float64))
+    obj = SubsetObjective(model, "theta")
+    v = loss_gradient(obj, data) + torch.tensor([0.0, 1e-3], dtype=torch.float64)  # a component along the bad direction
+    wrong = EigenEstimate(top=8.0, bottom=0.5, iterations=1)  # as if power iteration had missed λ_min(H) = −2
+    args = InfluenceArgs(params="theta", batch_size=4, repeats=1, damping=0.01)
+    with pytest.raises(NegativeCurvature, match=r"LiSSA.*curvature -2 .*influence\.damping > 0\.25") as info:
+        lissa(obj, data, v, 0.08, wrong, args)
+    assert info.value.suggested_damping == pytest.approx(0.5)
+
+
+def test_non_finite_scores_raise_instead_of_returning_nan(toy):
+    model, train, val, ext = toy
+    result = compute_ihvp(model, train, val, InfluenceArgs(method="cg", params="head"), progress=False)
+    result.ihvp = {k: torch.full_like(t, torch.finfo(t.dtype).max) for k, t in result.ihvp.items()}
+    with pytest.raises(InfluenceDivergence, match="not finite"):
+        score_samples(model, result, ext)
+
+
+def test_scoring_refuses_a_model_that_does_not_match_the_ihvp(toy):
+    model, train, val, ext = toy
+    result = compute_ihvp(model, train, val, InfluenceArgs(method="cg", params="head"), progress=False)
+    with pytest.raises(ValueError, match=r"head\.weight.*shape"):
+        score_samples(ToyRegressor(hidden=4).double(), result, ext)
+
+
+class Noisy(ToyRegressor):
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids, mask) + 1e-3 * torch.randn(ids.shape[0], dtype=torch.float64)
+
+
+def test_a_random_model_is_refused(toy):
+    _, train, val, _ = toy
+    with pytest.raises(ValueError, match="deterministic_eval"):
+        compute_ihvp(Noisy().double(), train, val, InfluenceArgs(method="cg", params="head"), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sign convention: influence predicts what refitting a ridge regression does
+
+
+def test_scores_predict_the_effect_of_adding_a_sample_to_a_ridge_regression():
+    torch.manual_seed(0)
+    model = ToyRegressor(hidden=5).double()  # encoder frozen at random init: fixed features, convex in the head
+    train, val, ext = toy_batch(60, 11, "train"), toy_batch(30, 12, "validation"), toy_batch(20, 13, "external")
+    for b in (train, val, ext):
+        b.labels = b.labels.double()
+    with torch.no_grad():
+        phi = {k: torch.cat([model.features(b.input_ids, b.attention_mask), torch.ones(len(b), 1, dtype=torch.float64)], 1)
+               for k, b in (("train", train), ("val", val), ("ext", ext))}
+    n, damping = len(train), 0.01
+    gram = 2 / n * phi["train"].T @ phi["train"]  # the Hessian of the mean squared error in (w, b)
+    lam = damping * float(torch.linalg.eigvalsh(gram)[-1])
+
+    def ridge(extra_x=None, extra_y=None, eps=0.0):
+        """argmin (1/n) Σ (θᵀφᵢ − yᵢ)² + (λ/2)‖θ‖² + ε (θᵀφ_z − y_z)², in closed form."""
+        a = gram + lam * torch.eye(gram.shape[0], dtype=torch.float64)
+        b = 2 / n * phi["train"].T @ train.labels
+        if extra_x is not None:
+            a = a + 2 * eps * torch.outer(extra_x, extra_x)
+            b = b + 2 * eps * extra_x * extra_y
+        return torch.linalg.solve(a, b)
+
+    def val_loss(theta):
+        return float(((phi["val"] @ theta - val.labels) ** 2).mean())
+
+    theta = ridge()
+    with torch.no_grad():
+        model.head.weight.copy_(theta[:-1].unsqueeze(0))
+        model.head.bias.copy_(theta[-1:])
+    eps = 1e-4
+    actual = torch.tensor([(val_loss(ridge(phi["ext"][i], ext.labels[i], eps)) - val_loss(theta)) / eps for i in range(len(ext))])
+    for method in ("exact", "lissa"):
+        args = InfluenceArgs(method=method, params="head", damping=damping, batch_size=n, repeats=1, dtype="float64")
+        result = compute_ihvp(model, train, val, args, progress=False)
+        assert result.stats["lambda"] == pytest.approx(lam, rel=1e-3)
+        predicted = score_samples(model, result, ext)
+        corr = float(torch.corrcoef(torch.stack([predicted, actual.double()]))[0, 1])
+        assert corr >= 0.99, (method, corr)
+        assert torch.equal(torch.sign(predicted), torch.sign(actual)), method
+        assert rel(predicted, actual) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Determinism and the file format
+
+
+def test_same_seed_gives_bit_identical_ihvp_and_scores(toy):
+    model, train, val, ext = toy
+    args = InfluenceArgs(params="last_layers:1", batch_size=8, repeats=2, depth=60, seed=3, dtype="float32")
+    first, second = (compute_ihvp(model, train, val, args, progress=False) for _ in range(2))
+    for name in first.ihvp:
+        assert torch.equal(first.ihvp[name], second.ihvp[name]), name
+    assert torch.equal(score_samples(model, first, ext), score_samples(model, second, ext))
+    other = compute_ihvp(model, train, val, InfluenceArgs(**{**args.to_dict(), "seed": 4}), progress=False)
+    assert not torch.equal(other.ihvp["head.weight"], first.ihvp["head.weight"])  # the seed is actually used
+
+
+def test_save_and_load_round_trip_with_weights_only(tmp_path, toy):
+    model, train, val, _ = toy
+    result = compute_ihvp(model, train, val, InfluenceArgs(method="cg", params="last_layers:1"), progress=False)
+    path = save_ihvp(result, tmp_path / "ihvp.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ihvp.pt"]  # no temporary file left behind
+    raw = torch.load(path, weights_only=True)
+    assert raw["param_names"] == result.param_names
+    loaded = load_ihvp(path)
+    assert loaded.shapes == result.shapes and loaded.stats == result.stats and loaded.args == result.args
+    assert all(torch.equal(loaded.ihvp[k], result.ihvp[k]) for k in result.ihvp)
+    assert math.isfinite(loaded.stats["norm"])
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_ihvp(tmp_path / "bad.pt")
