@@ -30,6 +30,7 @@ include: "workflow/rules/influence.smk"
 include: "workflow/rules/selection.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/validate.smk"
 
 
 rule all:

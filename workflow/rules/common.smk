@@ -98,8 +98,15 @@ def all_targets():
         f"{R}/metrics.md",
         f"{R}/metrics_per_run.csv",
         *figure_files(),
-        *validation_targets(),  # empty unless validation.enabled
+        *validation_files(),
     ]
+
+
+def validation_files():
+    """The influence validation stage's summary outputs, in rule all only with validation.enabled (it retrains)."""
+    if not config["validation"]["enabled"]:
+        return []
+    return [f"{R}/validation/{name}" for name in ("influence_validation.json", "influence_validation.png", "influence_validation_convex.png")]
 
 
 # Input functions and helpers of the stage files (kept here: Snakemake's linter wants rules and functions apart).
