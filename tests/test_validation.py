@@ -370,3 +370,33 @@ def test_demo_reports_both_settings(demo):
     assert len(per_sample) == 2 * demo_cfg["m"]
     for png in ("influence_validation.png", "influence_validation_convex.png"):
         assert (demo.results / "validation" / png).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_validation_reruns_only_what_a_change_touches(demo, tmp_path):
+    """Bootstrap settings rerun only the summary, a new seed only its baseline (plus the jobs with every seed inside),
+    an edit of the validation module only the stage; nothing upstream."""
+
+    def variant(**changes):
+        cfg = yaml.safe_load(demo.config.read_text())
+        cfg["validation"].update(changes)
+        path = tmp_path / f"variant{len(changes)}_{'_'.join(changes)}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    assert demo.planned(config=variant(bootstrap=500)) == {"validate_influence": 1, "all": 1}
+    section = yaml.safe_load(demo.config.read_text())["validation"]
+    seeds, chunks = section["seeds"], math.ceil(section["m"] / section["chunk_size"])
+    assert demo.planned(config=variant(seeds=[*seeds, 99])) == {
+        "validate_baseline": 1, "validate_full": chunks, "validate_convex": 1, "validate_influence": 1, "all": 1,
+    }
+    module = demo.checkout / "molinfluence" / "validation.py"
+    original = module.read_bytes()
+    try:
+        module.write_bytes(original + b"\n# an edit\n")
+        plan = demo.planned()
+    finally:
+        module.write_bytes(original)
+    assert plan == {"validate_choose": 1, "validate_baseline": len(seeds), "validate_full": chunks,
+                    "validate_convex": 1, "validate_influence": 1, "all": 1}
+    assert demo.planned() == {}
