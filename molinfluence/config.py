@@ -7,14 +7,34 @@ Snakefile calls :func:`validate_config` before any job is planned; tests call it
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+T = TypeVar("T")
+
+
+def from_section(cls: type[T], section: Mapping[str, Any], name: str) -> T:
+    """Build the dataclass ``cls`` (TrainConfig, InfluenceArgs, ...) from the config section ``name``.
+
+    Unknown keys are errors naming ``<name>.<key>`` (a typo must not silently fall back to a default); the dataclass
+    validates the values itself.
+    """
+    if not isinstance(section, Mapping):
+        raise ValueError(f"{name} must be a mapping of options, got {type(section).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise ValueError(f"{name}.{unknown[0]} is not a known option; valid options: {', '.join(known)}")
+    return cls(**dict(section))
 
 
 class ConfigError(ValueError):

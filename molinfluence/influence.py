@@ -68,7 +68,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
 from .files import atomic_path
+from .config import from_section
 
 __all__ = [
     "split_loss",
@@ -258,13 +259,7 @@ class InfluenceArgs:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InfluenceArgs:
         """Build from a config section; unknown keys are errors (a typo must not fall back to a default)."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"influence must be a mapping of options, got {type(d).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"influence.{unknown[0]} is not a known option; valid options: {', '.join(known)}")
-        return cls(**dict(d))
+        return from_section(cls, d, "influence")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -17,9 +17,9 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import regression_metrics
+from .config import from_section
 from .regressor import MolformerRegressor, pick_device
 from .tokenizer import encode_smiles
 
@@ -67,12 +68,8 @@ class TrainConfig:
             raise ValueError(f"train.{bad[0]} has an invalid value: {getattr(self, bad[0])!r}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        return from_section(cls, d, "train")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

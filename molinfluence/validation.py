@@ -52,7 +52,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,7 @@ from scipy import stats as sstats
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import from_section
 from .influence import Batch, InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
 
 __all__ = [
@@ -144,13 +145,7 @@ class ValidationArgs:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ValidationArgs:
         """Build from the config section; unknown keys are errors (a typo must not fall back to a default)."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"validation must be a mapping of options, got {type(d).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"validation.{unknown[0]} is not a known option; valid options: {', '.join(known)}")
-        return cls(**dict(d))
+        return from_section(cls, d, "validation")
 
     def recipe(self) -> Recipe:
         """The retraining recipe of the ``full`` setting."""

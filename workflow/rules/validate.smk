@@ -12,7 +12,7 @@ VAL_TARGET = f"{R}/data/{TARGET_SPLIT}.csv"
 VAL_SEEDS = " ".join(str(s) for s in VAL["seeds"])
 # What a retraining run depends on: changing m, the bootstrap or the chunking reruns no baseline.
 VAL_RECIPE = jarg({k: VAL[k] for k in ("steps", "lr", "weight_decay", "batch_size", "train_mode")})
-VAL_MODULES = (*MODEL_MODULES, "influence", "validation")
+VAL_MODULES = ("config", *MODEL_MODULES, "influence", "validation")
 VAL_CHUNKS = range(math.ceil(VAL["m"] / VAL["chunk_size"]))  # one full-model job per chunk of chosen samples
 
 
@@ -31,7 +31,7 @@ rule validate_choose:
         m=VAL["m"],
         seed=VAL["seed"],
         script=script("validate_choose"),
-        code=code("influence", "validation", script_name="validate_choose"),
+        code=code("config", "influence", "validation", script_name="validate_choose"),
     conda:
         ENV
     log:
@@ -179,7 +179,7 @@ rule validate_influence:
         seed=VAL["seed"],
         target=TARGET_SPLIT,
         script=script("validate_summary"),
-        code=code("influence", "validation", "plots", script_name="validate_summary"),
+        code=code("config", "influence", "validation", "plots", script_name="validate_summary"),
     conda:
         ENV
     log:
