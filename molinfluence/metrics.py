@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from .grid import Condition
 
 METRICS: tuple[str, ...] = ("mse", "rmse", "mae", "r2")
 TESTED_METRICS: tuple[str, ...] = ("mse", "rmse")
@@ -31,6 +34,8 @@ CONTROLS: tuple[str, ...] = ("random", "k0")
 PER_RUN_COLUMNS: tuple[str, ...] = ("init", "strategy", "k", "seed", *METRICS, "n_added")
 BASE_INIT = "base"
 BASE_STRATEGY = "none"
+#: Columns of a run's metrics.json kept in the per-run table.
+RUN_COLUMNS: tuple[str, ...] = ("mse", "rmse", "mae", "r2", "n_added", "best_epoch", "epochs_run")
 MIN_PAIRS_T = 2
 MIN_PAIRS_WILCOXON = 6
 PAIRED_T = "paired t-test (scipy.stats.ttest_rel, two-sided)"
@@ -64,6 +69,33 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     ss_tot = float(np.sum((t - t.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else math.nan
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(resid))), "r2": r2}
+
+
+def per_run_table(base: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """The per-run table: the base model, then one row per fine-tuning run, sorted by (init, strategy, k, seed).
+
+    ``base`` is the base model's metrics.json; ``runs`` maps each run's metrics.json path to its content. A run's
+    condition is what its metrics.json records (:meth:`Condition.from_record`); a file whose record disagrees with the
+    run directory it lies in is an error. ``k`` is the number of samples selected (for the whole-pool strategies, the
+    pool size the run recorded as ``n_selected``).
+    """
+    rows = [{"init": BASE_INIT, "strategy": BASE_STRATEGY, "k": 0, "seed": base["seed"],
+             **{c: base.get(c, 0) for c in RUN_COLUMNS}}]
+    for path, record in runs.items():
+        run = Condition.from_record(record, source=str(path))
+        try:
+            where = Condition.parse(path)
+        except ValueError:
+            where = run  # a file outside the results layout: its record is all there is
+        if where != run:
+            raise ValueError(f"{path}: records the run {run} but lies in the directory of {where}")
+        missing = [c for c in (*RUN_COLUMNS, "n_selected") if c not in record]
+        if missing:
+            raise ValueError(f"{path}: missing {missing}; rerun its fine-tune job")
+        k = int(record["n_selected"]) if run.k is None else run.k
+        rows.append({"init": run.init, "strategy": run.strategy, "k": k, "seed": run.seed,
+                     **{c: record[c] for c in RUN_COLUMNS}})
+    return pd.DataFrame(rows).sort_values(["init", "strategy", "k", "seed"], kind="stable", ignore_index=True)
 
 
 def _check_per_run(per_run: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from molinfluence.files import atomic_path
+from molinfluence.grid import RANKED, Condition, selection_pattern
 
 DPI = 150
 BASE_INIT = "base"
@@ -297,3 +298,60 @@ def plot_influence_validation(df: pd.DataFrame, path: str | os.PathLike[str], ti
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, target)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Which runs the report figures show
+
+
+def first_run(per_run: pd.DataFrame, row: pd.Series) -> Condition | None:
+    """The lowest-seed run of a summary row's condition (None for the base model's row)."""
+    if row["init"] == BASE_INIT:
+        return None
+    same = per_run[(per_run["init"] == row["init"]) & (per_run["strategy"] == row["strategy"]) & (per_run["k"] == row["k"])]
+    if same.empty:
+        raise ValueError(f"per-run table has no run of {row['init']}/{row['strategy']}/k={row['k']}")
+    return Condition.make(row["init"], row["strategy"], row["k"], int(same["seed"].min()))
+
+
+def curve_runs(summary: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per init, the condition with the lowest mean test RMSE (label -> summary row)."""
+    chosen = {}
+    for init, rows in summary[summary["init"] != BASE_INIT].groupby("init", sort=True):
+        best = rows.loc[rows["mean_rmse"].idxmin()]
+        chosen[f"{init}: {best['strategy']} k={int(best['k'])} (best mean RMSE)"] = best
+    return chosen
+
+
+def report_figures(results: str | os.PathLike[str], summary: pd.DataFrame, per_run: pd.DataFrame,
+                   scores: pd.DataFrame, outdir: str | os.PathLike[str]) -> list[Path]:
+    """The four report figures of a finished grid under ``results`` (the metrics table's summary and per-run rows).
+
+    rmse_vs_k.png (every condition), training_curves.png (the base model and each init's best condition, first seed),
+    influence_histogram.png (the score-ranked selections at their largest k marked), pred_vs_true.png (the best row's
+    first seed). Run files are found through :class:`Condition` paths.
+    """
+    results, outdir = Path(results), Path(outdir)
+
+    def run_dir(row: pd.Series) -> Path:
+        run = first_run(per_run, row)
+        return results / "base" if run is None else Path(run.path(str(results)))
+
+    written = [plot_rmse_vs_k(summary, outdir / "rmse_vs_k.png")]
+    logs = {"base model": pd.read_csv(results / "base" / "train_log.csv")}
+    logs.update({label: pd.read_csv(run_dir(row) / "train_log.csv") for label, row in curve_runs(summary).items()})
+    written.append(plot_training_curves(logs, outdir / "training_curves.png"))
+
+    selected = {}
+    for strategy in RANKED:
+        ks = sorted(summary.loc[summary["strategy"] == strategy, "k"].astype(int))
+        if ks:
+            chosen = pd.read_csv(selection_pattern(str(results), per_seed=False).format(strategy=strategy, k=ks[-1]))
+            selected[f"{strategy} k={ks[-1]}"] = set(chosen["ext_index"].astype(int))
+    written.append(plot_score_histogram(scores, selected, outdir / "influence_histogram.png"))
+
+    best = summary.loc[summary["mean_rmse"].idxmin()]
+    label = "base model" if best["init"] == BASE_INIT else f"{best['init']} / {best['strategy']} / k={int(best['k'])}"
+    predictions = pd.read_csv(run_dir(best) / "predictions.csv")
+    written.append(plot_pred_vs_true(predictions, outdir / "pred_vs_true.png", f"Best mean test RMSE: {label} (first seed)"))
+    return written

@@ -51,11 +51,16 @@ from __future__ import annotations
 import math
 import numbers
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-STRATEGIES: tuple[str, ...] = ("most_negative", "most_positive", "both_ends", "random", "all", "weighted")
-SCORE_FREE: frozenset[str] = frozenset({"random", "all"})
+from .grid import SCORE_FREE, STRATEGIES
+
+__all__ = ["STRATEGIES", "SCORE_FREE", "WEIGHT_CAP", "OUTPUT_COLUMNS", "influence_weights", "select", "TrainingRows",
+           "training_rows"]
+
 WEIGHT_CAP: float = 3.0
 
 OUTPUT_COLUMNS: tuple[str, ...] = ("ext_index", "smiles", "label", "score", "weight")
@@ -210,3 +215,54 @@ def select(pool: pd.DataFrame, strategy: str, k: int, *, seed: int = 0) -> pd.Da
         return _rows(pool, np.concatenate([negatives, positives]))
     # weighted: the whole pool, most negative first, with score-derived weights.
     return _rows(pool, ascending, influence_weights(score[ascending]))
+
+
+@dataclass
+class TrainingRows:
+    """A training split with a selection added: the rows to train on and one loss weight per row."""
+
+    frame: pd.DataFrame  # smiles, label; the training split first, then the added samples
+    weights: np.ndarray | None  # None when every weight is 1 (plain mean loss)
+    n_selected: int  # rows in the selection file
+    n_added: int  # rows actually added (weight > 0)
+
+
+def training_rows(
+    train: pd.DataFrame,
+    selection: pd.DataFrame | None,
+    *,
+    train_source: str = "the training split",
+    selection_source: str = "the selection",
+) -> TrainingRows:
+    """Append a selection's samples (columns smiles, label, weight) to the training split.
+
+    Rows with weight 0 are not added (the ``weighted`` strategy's predicted-harmful samples); the training rows keep
+    weight 1. ``weights`` is None when every weight is 1, so an unweighted run is the plain mean loss. The frame's
+    ``attrs["source"]`` says which file each range of rows came from (for error messages about a row).
+    """
+    for name, frame, source in (("train", train, train_source), ("selection", selection, selection_source)):
+        if frame is None and name == "selection":
+            continue
+        need = {"smiles", "label"} | ({"weight"} if name == "selection" else set())
+        missing = need - set(frame.columns)
+        if missing:
+            raise ValueError(f"{source}: lacks column(s) {sorted(missing)}; has {list(frame.columns)}")
+    rows = train[["smiles", "label"]].reset_index(drop=True)
+    rows.attrs["source"] = train.attrs.get("source", train_source)
+    if selection is None:
+        return TrainingRows(rows, None, 0, 0)
+    weight = pd.to_numeric(selection["weight"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(weight) | (weight < 0))
+    if bad.size:
+        raise ValueError(
+            f"{selection_source}: column 'weight' must be finite and >= 0; data row {bad[0] + 1} has "
+            f"{selection['weight'].iloc[bad[0]]!r}"
+        )
+    added = selection.loc[weight > 0, ["smiles", "label"]]
+    n_added = len(added)
+    if n_added == 0:
+        return TrainingRows(rows, None, len(selection), 0)
+    weights = np.concatenate([np.ones(len(rows)), weight[weight > 0]])
+    frame = pd.concat([rows, added], ignore_index=True)
+    frame.attrs["source"] = f"{rows.attrs['source']} (rows 1-{len(rows)}) + {selection_source} (the rows after)"
+    return TrainingRows(frame, None if np.all(weights == 1.0) else weights, len(selection), n_added)

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from molinfluence.metrics import markdown_table, regression_metrics, summarize_runs
+from molinfluence.grid import Condition
+from molinfluence.metrics import RUN_COLUMNS, markdown_table, per_run_table, regression_metrics, summarize_runs
 
 
 def make_runs(
@@ -295,3 +296,40 @@ def test_markdown_survives_a_csv_round_trip() -> None:
 def test_markdown_rejects_something_that_is_not_a_summary() -> None:
     with pytest.raises(ValueError, match="mean_mse"):
         markdown_table(make_runs())
+
+
+# --- per_run_table: the runs' own records ----------------------------------------------------------------------------
+
+
+def _record(run: Condition, mse: float, n_selected: int) -> dict:
+    values = {"mse": mse, "rmse": math.sqrt(mse), "mae": mse / 2, "r2": 0.5, "n_added": n_selected, "best_epoch": 2,
+              "epochs_run": 3}
+    return {**values, **run.record(), "n_selected": n_selected, "device": "cpu"}
+
+
+def test_per_run_table_takes_each_condition_from_its_record() -> None:
+    base = {"seed": 0, "mse": 1.0, "rmse": 1.0, "mae": 0.5, "r2": 0.1, "best_epoch": 4, "epochs_run": 5}
+    runs = {}
+    for run in (Condition("fresh", "random", 20, 1), Condition("continue", "all", None, 0),
+                Condition("continue", "none", 0, 3), Condition("fresh", "random", 20, 0)):
+        n = {None: 294, 0: 0}.get(run.k, run.k)
+        runs[f"results/{run.path('x')}/metrics.json"] = _record(run, 0.25 + run.seed, n)
+    table = per_run_table(base, runs)
+    assert list(table.columns) == ["init", "strategy", "k", "seed", *RUN_COLUMNS]
+    assert list(zip(table.init, table.strategy, table.k, table.seed)) == [
+        ("base", "none", 0, 0), ("continue", "all", 294, 0), ("continue", "none", 0, 3),
+        ("fresh", "random", 20, 0), ("fresh", "random", 20, 1),
+    ]  # sorted; the whole pool's k is the number of samples it selected
+    assert table.loc[4, "mse"] == 1.25 and table.loc[0, "n_added"] == 0
+    summarize_runs(table)  # what the table is for
+
+
+def test_per_run_table_refuses_a_record_that_contradicts_its_directory_or_lacks_the_condition() -> None:
+    base = {"seed": 0, "mse": 1.0, "rmse": 1.0, "mae": 0.5, "r2": 0.1}
+    record = _record(Condition("fresh", "random", 20, 1), 0.3, 20)
+    with pytest.raises(ValueError, match="records the run fresh/random/k=20 seed 1 but lies in the directory of "
+                                         "fresh/random/k=20 seed 2"):
+        per_run_table(base, {"results/finetune/fresh/random/k20/seed2/metrics.json": record})
+    old = {key: value for key, value in record.items() if key not in ("strategy", "k")}
+    with pytest.raises(ValueError, match="does not record the run's condition"):
+        per_run_table(base, {"results/finetune/fresh/random/k20/seed1/metrics.json": old})

@@ -11,9 +11,13 @@ import pandas as pd
 import pytest
 
 from molinfluence.metrics import regression_metrics, summarize_runs
+from molinfluence.grid import Condition
 from molinfluence.plots import (
     _fit_text,
     best_epoch,
+    curve_runs,
+    first_run,
+    report_figures,
     plot_influence_validation,
     plot_pred_vs_true,
     plot_rmse_vs_k,
@@ -191,3 +195,56 @@ def test_rmse_plot_handles_single_runs_and_needs_more_than_the_baseline(tmp_path
     assert plot_rmse_vs_k(summary, tmp_path / "r.png").stat().st_size > 0
     with pytest.raises(ValueError, match="only baseline"):
         plot_rmse_vs_k(summary[summary["init"] == "base"], tmp_path / "r2.png")
+
+
+# --- which runs the report shows ---------------------------------------------------------------------------------------
+
+
+def grid_per_run() -> pd.DataFrame:
+    df = per_run()
+    df["init"] = df["init"].map({"base": "base", "pretrained": "fresh", "continued": "continue"})
+    df = df[~((df["k"] == 0) & (df["strategy"] != "none"))]
+    df.loc[df["k"] == 0, "strategy"] = "none"
+    return df[(df["seed"] > 0) | (df["strategy"] != "random")].reset_index(drop=True)  # random lacks seed 0
+
+
+def test_first_run_is_the_lowest_seed_of_the_condition() -> None:
+    df = grid_per_run()
+    summary = summarize_runs(df)
+    for _, row in summary.iterrows():
+        run = first_run(df, row)
+        if row["init"] == "base":
+            assert run is None
+            continue
+        same = df[(df.init == row.init) & (df.strategy == row.strategy) & (df.k == row.k)]
+        assert run == Condition.make(row.init, row.strategy, row.k, int(same.seed.min()))
+    assert first_run(df, summary[summary.strategy == "random"].iloc[0]).seed == 1
+    chosen = curve_runs(summary)
+    assert len(chosen) == 2
+    for label, row in chosen.items():
+        rows = summary[summary.init == row.init]
+        assert row.mean_rmse == rows.mean_rmse.min() and label.startswith(f"{row.init}: {row.strategy} k={row.k}")
+
+
+def test_report_figures_read_the_runs_the_table_names(tmp_path: Path) -> None:
+    df = grid_per_run()
+    summary = summarize_runs(df)
+    results = tmp_path / "results"
+    (results / "base").mkdir(parents=True)
+    training_log().to_csv(results / "base" / "train_log.csv", index=False)
+    for _, row in df[df.init != "base"].iterrows():
+        run = Path(Condition.make(row.init, row.strategy, row.k, row.seed).path(str(results)))
+        run.mkdir(parents=True)
+        training_log(best=3).to_csv(run / "train_log.csv", index=False)
+        preds_frame().to_csv(run / "predictions.csv", index=False)
+    (results / "selection").mkdir()
+    pd.DataFrame({"ext_index": range(70)}).to_csv(results / "selection" / "most_negative_k70.csv", index=False)
+    written = report_figures(results, summary, df, scores_frame(), tmp_path / "figures")
+    assert [p.name for p in written] == ["rmse_vs_k.png", "training_curves.png", "influence_histogram.png",
+                                         "pred_vs_true.png"]
+    assert all(p.stat().st_size > 0 for p in written)
+    # a run the table names but whose files are missing is an error naming the file, not a silently empty figure
+    best = summary[summary.init != "base"].sort_values("mean_rmse").iloc[0]
+    (Path(first_run(df, best).path(str(results))) / "train_log.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="train_log.csv"):
+        report_figures(results, summary, df, scores_frame(), tmp_path / "figures")

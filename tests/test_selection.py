@@ -16,6 +16,7 @@ from molinfluence.selection import (
     WEIGHT_CAP,
     influence_weights,
     select,
+    training_rows,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -212,3 +213,52 @@ def test_on_the_real_external_file_ext_index_is_the_file_row() -> None:
         assert (ext.loc[out["ext_index"], "SMILES"].to_numpy() == out["smiles"].to_numpy()).all()
         np.testing.assert_array_equal(ext.loc[out["ext_index"], "Label"].to_numpy(), out["label"])
     assert len(select(pool, "all", len(pool))) == len(ext)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A selection turned into training rows
+
+
+def make_train(n: int = 5) -> pd.DataFrame:
+    frame = pd.DataFrame({"smiles": [f"N{'C' * i}" for i in range(n)], "label": np.arange(n, dtype=float), "extra": 0})
+    frame.attrs["source"] = "train.csv"
+    return frame
+
+
+def test_training_rows_append_the_selection_after_the_training_split() -> None:
+    train = make_train()
+    chosen = select(make_pool(), "most_negative", 4)
+    rows = training_rows(train, chosen, selection_source="sel.csv")
+    assert (rows.n_selected, rows.n_added) == (4, 4)
+    assert list(rows.frame.columns) == ["smiles", "label"]
+    assert rows.frame["smiles"].tolist() == [*train["smiles"], *chosen["smiles"]]
+    assert rows.frame["label"].tolist() == [*train["label"], *chosen["label"]]
+    assert rows.weights is None  # hard selections: every weight 1, the plain mean loss
+    assert rows.frame.attrs["source"] == "train.csv (rows 1-5) + sel.csv (the rows after)"
+
+
+def test_weighted_selection_keeps_its_weights_and_drops_zero_weight_samples() -> None:
+    train = make_train(3)
+    chosen = select(make_pool(), "weighted", 20)
+    rows = training_rows(train, chosen)
+    positive = chosen[chosen["weight"] > 0]
+    assert rows.n_selected == 20 and rows.n_added == len(positive) < 20
+    np.testing.assert_array_equal(rows.weights, [1.0, 1.0, 1.0, *positive["weight"]])
+    assert rows.frame["smiles"].tolist()[3:] == positive["smiles"].tolist()
+
+
+def test_empty_or_missing_selection_is_the_training_split_alone() -> None:
+    train = make_train()
+    for selection in (None, select(make_pool(), "most_negative", 0)):
+        rows = training_rows(train, selection)
+        assert rows.frame.equals(train[["smiles", "label"]]) and rows.weights is None
+        assert (rows.n_added, rows.n_selected) == (0, 0)
+    assert rows.frame.attrs["source"] == "train.csv"
+
+
+def test_bad_selection_names_the_file_and_row() -> None:
+    chosen = select(make_pool(), "most_negative", 3)
+    with pytest.raises(ValueError, match=r"sel.csv: lacks column\(s\) \['weight'\]"):
+        training_rows(make_train(), chosen.drop(columns="weight"), selection_source="sel.csv")
+    with pytest.raises(ValueError, match="sel.csv: column 'weight' must be finite and >= 0; data row 2"):
+        training_rows(make_train(), chosen.assign(weight=[1.0, -1.0, 1.0]), selection_source="sel.csv")

@@ -19,7 +19,9 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-SCORED_GRID = 2 * 2 * 2  # most_negative: inits x k values x seeds in examples/demo.yaml
+# One fine-tuning job per condition (init, strategy, k), every seed inside it (examples/demo.yaml: 2 seeds).
+SCORED_GRID = 2 * 2  # most_negative: inits x k values
+GRID = 2 * (1 + 2 * 2)  # inits x (the k = 0 control + most_negative and random at 2 k values)
 
 
 def test_demo_produces_every_output_with_finite_values(demo):
@@ -113,7 +115,7 @@ def _config_variant(demo, tmp_path, **changes):
 
 def test_adding_a_k_plans_only_its_jobs_and_the_table(demo, tmp_path):
     plan = demo.planned(config=_config_variant(demo, tmp_path, **{"selection.k": [20, 30, 40]}))
-    assert plan == {"select_scored": 1, "select_random": 2, "finetune": 2 * 2 * 2, "metrics_table": 1, "figures": 1, "all": 1}
+    assert plan == {"select_scored": 1, "select_random": 2, "finetune": 2 * 2, "metrics_table": 1, "figures": 1, "all": 1}
 
 
 # The demo enables the influence-validation stage: it depends on the scores (and the base model), so it reruns too.
@@ -122,6 +124,36 @@ INFLUENCE_DOWNSTREAM = {
     "influence_ihvp": 1, "influence_scores": 1, "select_scored": 2, "finetune": SCORED_GRID,
     "metrics_table": 1, "figures": 1, "all": 1, **VALIDATION,
 }
+
+
+def test_adding_a_seed_trains_only_the_new_seed(demo, tmp_path):
+    """A new seed re-plans every condition job (its outputs gain a seed) but only the new seed trains: the finished
+    seeds come back from results/.cache byte for byte, although Snakemake deleted them before the job ran."""
+    import shutil
+
+    variant = _config_variant(demo, tmp_path, **{"finetune.seeds": [0, 1, 2]})
+    assert demo.planned(config=variant) == {"select_random": 2, "finetune": GRID, "metrics_table": 1, "figures": 1,
+                                            "all": 1}
+    work = tmp_path / "work"  # a copy of the finished demo: the other tests keep seeing the demo as it was
+    shutil.copytree(demo.work, work, symlinks=True)
+    runs = sorted(p.parent for p in (work / "results" / "finetune").rglob("seed*/metrics.json"))
+    assert len(runs) == 2 * GRID
+    before = {(run, name): (run / name).read_bytes() for run in runs for name in ("metrics.json", "predictions.csv",
+                                                                                   "train_log.csv")}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(demo.checkout / "Snakefile"), "--directory", str(work),
+           "--configfile", str(variant), "--cores", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = sorted((work / "results" / "logs" / "finetune").rglob("*.log"))
+    assert len(logs) == GRID
+    for log in logs:
+        text = log.read_text()
+        assert text.count("restored the finished run") == 2 and "seed 2: training" in text, log
+        assert "seed 0: training" not in text and "seed 1: training" not in text, log
+    for (run, name), content in before.items():
+        assert (run / name).read_bytes() == content, run / name
+    per_run = pd.read_csv(work / "results" / "metrics_per_run.csv")
+    assert len(per_run) == 1 + 3 * GRID and set(per_run.seed[per_run.init != "base"]) == {0, 1, 2}
 
 
 def test_changing_damping_reruns_influence_and_score_dependent_jobs_only(demo, tmp_path):
@@ -157,7 +189,7 @@ def test_editing_the_training_module_reruns_training_and_everything_after(demo):
     with _edited(demo, "training.py"):
         plan = demo.planned()
     assert plan == {"train_base": 1, "influence_ihvp": 1, "influence_scores": 1, "select_scored": 2,
-                    "finetune": 20, "metrics_table": 1, "figures": 1, "all": 1, **VALIDATION,
+                    "finetune": GRID, "metrics_table": 1, "figures": 1, "all": 1, **VALIDATION,
                     "validate_baseline": 2}
     assert "prepare_data" not in plan and "pretrained_encoder" not in plan
 

@@ -11,6 +11,8 @@ from snakemake.exceptions import WorkflowError
 
 from molinfluence.config import ConfigError, validate_config
 from molinfluence.files import sha256_files
+from molinfluence.grid import CONTROLS, PER_SEED, RANKED, SCORED, WILDCARDS, Condition, choice, run_pattern, selection_pattern
+from molinfluence.grid import grid as grid_of
 
 try:
     validate_config(config)
@@ -63,29 +65,17 @@ if TARGET_SPLIT == "test":
         file=sys.stderr,
     )
 
-SCORED = ("most_negative", "most_positive", "both_ends")
 TRUNCATION = "" if config["model"]["truncation"] else "--no-truncation"
 
 
 def grid():
-    """(init, strategy, k) of every fine-tuning condition; k is 'all' for all/weighted and 0 for the no-data control."""
-    rows = []
-    for init in FT["inits"]:
-        rows.append((init, "none", "0"))
-        for strategy in SEL["strategies"]:
-            if strategy in ("all", "weighted"):
-                rows.append((init, strategy, "all"))
-            else:
-                rows.extend((init, strategy, str(k)) for k in sorted(SEL["k"]))
-    return rows
-
-
-def finetune_dir(init, strategy, k, seed):
-    return f"{R}/finetune/{init}/{strategy}/k{k}/seed{seed}"
+    """Every fine-tuning condition (init, strategy, k) of the config, as molinfluence.grid.Condition (no seed)."""
+    return grid_of(FT["inits"], SEL["strategies"], SEL["k"])
 
 
 def finetune_runs():
-    return [finetune_dir(i, s, k, seed) for i, s, k in grid() for seed in FT["seeds"]]
+    """Every run directory of the grid: each condition at each of finetune.seeds."""
+    return [run.path(R) for condition in grid() for run in condition.runs(FT["seeds"])]
 
 
 def all_targets():
@@ -119,21 +109,29 @@ def pretrained_inputs(wildcards):
 
 
 def train_args(epochs, seed):
-    """The training recipe for one run: config `train`, with the model's token limit, this run's epochs and seed."""
+    """The training recipe: config `train` with the model's token limit, these epochs and this seed (None: without
+    a seed, for the fine-tuning jobs that set each run's seed themselves)."""
     model = config["model"]
-    return jarg(
-        {**config["train"], "epochs": epochs, "seed": seed, "max_length": model["max_length"], "truncation": model["truncation"]}
-    )
+    recipe = {**config["train"], "epochs": epochs, "seed": seed, "max_length": model["max_length"], "truncation": model["truncation"]}
+    if seed is None:
+        del recipe["seed"]
+    return jarg(recipe)
 
 
-def selection_file(w):
-    if w.strategy == "random":
-        return f"{R}/selection/random_k{w.k}_seed{w.seed}.csv"
-    return f"{R}/selection/{w.strategy}_k{w.k}.csv"
+def finetune_selections(w):
+    """The selection files of a condition's seeds (one per seed for random, else one shared file)."""
+    runs = Condition.from_wildcards(w).runs(FT["seeds"])
+    return sorted({run.selection_path(R) for run in runs})
 
 
 def finetune_start(w):
     return rules.train_base.output.model if w.init == "continue" else rules.pretrained_encoder.output[0]
+
+
+def histogram_selections():
+    """The score-ranked selections at the largest k, marked on the influence histogram."""
+    pattern = selection_pattern(R, per_seed=False)
+    return [pattern.format(strategy=s, k=max(SEL["k"])) for s in RANKED if s in SEL["strategies"]]
 
 
 def figure_files():
@@ -141,7 +139,4 @@ def figure_files():
 
 
 wildcard_constraints:
-    init="continue|fresh",
-    strategy="none|most_negative|most_positive|both_ends|random|all|weighted",
-    k=r"\d+|all",
-    seed=r"\d+",
+    **WILDCARDS,

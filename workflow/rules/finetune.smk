@@ -1,47 +1,50 @@
-# The fine-tuning grid: every (init, strategy, k, seed) is its own job. `continue` starts from the trained base model
-# (the report's "same model"), `fresh` from the pretrained encoder with a new head (its "fresh model"). Same recipe as
-# base training, with finetune.epochs. Model weights are kept only with finetune.keep_models (187 MB each at full size).
+# The fine-tuning grid: one job per condition (init, strategy, k) trains every seed of finetune.seeds in one process
+# (imports, device start-up and reading the splits paid once per condition). Each seed writes its own run directory
+# (molinfluence.grid.Condition.path); a seed whose finished result is cached under results/.cache with the same code,
+# recipe and inputs is restored instead of retrained, so adding a seed trains only that seed. `continue` starts from
+# the trained base model (the report's "same model"), `fresh` from the pretrained encoder with a new head (its "fresh
+# model"). Same recipe as base training, with finetune.epochs. Weights only with finetune.keep_models (187 MB each).
+
+FINETUNE_CODE = code(*MODEL_MODULES, "config", "training", "metrics", "selection", "grid", "runs", script_name="finetune")
+RUN_FILES = {"metrics": "metrics.json", "predictions": "predictions.csv", "log": "train_log.csv"}
 
 
-FT_OUT = "{init}/{strategy}/k{k}/seed{seed}"
-_ft_outputs = dict(
-    metrics=f"{R}/finetune/{FT_OUT}/metrics.json",
-    predictions=f"{R}/finetune/{FT_OUT}/predictions.csv",
-    log=f"{R}/finetune/{FT_OUT}/train_log.csv",
-)
-if FT["keep_models"]:
-    _ft_outputs["model"] = directory(f"{R}/finetune/{FT_OUT}/model")
+def _run_outputs():
+    outputs = {name: [f"{run_pattern(R, seed)}/{file}" for seed in FT["seeds"]] for name, file in RUN_FILES.items()}
+    if FT["keep_models"]:
+        outputs["model"] = [directory(f"{run_pattern(R, seed)}/model") for seed in FT["seeds"]]
+    return outputs
 
 
 rule finetune:
     input:
         start=finetune_start,
-        selection=selection_file,
+        selections=finetune_selections,
         train=rules.prepare_data.output.train,
         validation=rules.prepare_data.output.validation,
         test=rules.prepare_data.output.test,
     output:
-        **_ft_outputs,
+        **_run_outputs(),
     params:
         py=PY,
-        args=lambda w: train_args(FT["epochs"], int(w.seed)),
+        results=R,
+        seeds=" ".join(str(s) for s in FT["seeds"]),
+        args=train_args(FT["epochs"], None),
         spec=jarg({k: config["model"][k] for k in ("pooling", "head_dropout", "max_length")}),
-        resume=lambda w: f"{R}/.resume/finetune/{w.init}/{w.strategy}/k{w.k}/seed{w.seed}",
-        model_arg=lambda w, output: f"--out-model {shlex.quote(output.model)}" if FT["keep_models"] else "",
-        script=script("train"),
-        code=TRAIN_CODE,
+        keep_models="--keep-models" if FT["keep_models"] else "",
+        script=script("finetune"),
+        code=FINETUNE_CODE,
     threads: 1
     resources:
         gpu=1,
     conda:
         ENV
     log:
-        f"{R}/logs/finetune/{FT_OUT}.log",
+        f"{run_pattern(f'{R}/logs')}.log",
     benchmark:
-        f"{R}/benchmarks/finetune/{FT_OUT}.tsv"
+        f"{run_pattern(f'{R}/benchmarks')}.tsv"
     shell:
-        "{params.py:q} {params.script:q} --args {params.args:q} --spec {params.spec:q} --init {wildcards.init}"
-        " --encoder {input.start:q} --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
-        " --extra {input.selection:q} --resume-dir {params.resume:q} --threads {threads} {params.model_arg}"
-        " --out-metrics {output.metrics:q} --out-predictions {output.predictions:q} --out-log {output.log:q}"
-        " > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --results {params.results:q} --init {wildcards.init}"
+        " --strategy {wildcards.strategy} --k {wildcards.k} --seeds {params.seeds} --args {params.args:q}"
+        " --spec {params.spec:q} --start {input.start:q} --train {input.train:q} --validation {input.validation:q}"
+        " --test {input.test:q} --code {params.code} --threads {threads} {params.keep_models} > {log:q} 2>&1"

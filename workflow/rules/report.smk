@@ -25,9 +25,8 @@ rule metrics_table:
         per_run=report(f"{R}/metrics_per_run.csv", category="1. Metrics", caption=str(REPORT / "per_run.rst")),
     params:
         py=PY,
-        results=lambda w, input: str(Path(input.base).parents[1]),
         script=script("metrics_table"),
-        code=code("metrics", script_name="metrics_table"),
+        code=code("metrics", "grid", script_name="metrics_table"),
     conda:
         ENV
     log:
@@ -35,7 +34,7 @@ rule metrics_table:
     benchmark:
         f"{R}/benchmarks/metrics_table.tsv"
     shell:
-        "{params.py:q} {params.script:q} --results {params.results:q} --base {input.base:q} {input.runs:q}"
+        "{params.py:q} {params.script:q} --base {input.base:q} {input.runs:q}"
         " --out-table {output.table:q} --out-markdown {output.markdown:q} --out-per-run {output.per_run:q}"
         " > {log:q} 2>&1"
 
@@ -46,7 +45,7 @@ rule figures:
         per_run=rules.metrics_table.output.per_run,
         base_log=rules.train_base.output.log,
         scores=rules.influence_scores.output.table,
-        selections=[f"{R}/selection/{s}_k{max(SEL['k'])}.csv" for s in SCORED if s in SEL["strategies"]],
+        selections=histogram_selections(),
         runs=[f"{d}/metrics.json" for d in finetune_runs()],
     output:
         rmse=report(f"{R}/figures/rmse_vs_k.png", category="2. Figures", caption=str(REPORT / "rmse_vs_k.rst")),
@@ -58,7 +57,7 @@ rule figures:
         results=lambda w, input: str(Path(input.base_log).parents[1]),
         outdir=lambda w, output: str(Path(output.rmse).parent),
         script=script("figures"),
-        code=code("plots", "metrics", script_name="figures"),
+        code=code("plots", "grid", script_name="figures"),
     conda:
         ENV
     log:

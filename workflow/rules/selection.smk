@@ -1,16 +1,16 @@
 # Selections of external samples. Score-based strategies read the influence scores; the controls (random, all, and
 # the empty k = 0 selection) read only the external split, so changing influence settings never reruns them.
 
-SELECT_CODE = code("selection", script_name="select_samples")
+SELECT_CODE = code("selection", "grid", script_name="select_samples")
 
 
 rule select_scored:
     input:
         pool=f"{R}/influence/scores.csv",
     output:
-        f"{R}/selection/{{strategy}}_k{{k}}.csv",
+        selection_pattern(R, per_seed=False),
     wildcard_constraints:
-        strategy="most_negative|most_positive|both_ends|weighted",
+        strategy=choice(SCORED),
     params:
         py=PY,
         script=script("select_samples"),
@@ -30,9 +30,9 @@ rule select_control:
     input:
         pool=rules.prepare_data.output.external,
     output:
-        f"{R}/selection/{{strategy}}_k{{k}}.csv",
+        selection_pattern(R, per_seed=False),
     wildcard_constraints:
-        strategy="all|none",
+        strategy=choice(CONTROLS),
     params:
         py=PY,
         script=script("select_samples"),
@@ -52,7 +52,9 @@ rule select_random:
     input:
         pool=rules.prepare_data.output.external,
     output:
-        f"{R}/selection/random_k{{k}}_seed{{seed}}.csv",
+        selection_pattern(R, per_seed=True),
+    wildcard_constraints:
+        strategy=choice(PER_SEED),
     params:
         py=PY,
         # one random subset per fine-tuning seed: the control's spread includes the luck of the draw
@@ -62,9 +64,9 @@ rule select_random:
     conda:
         ENV
     log:
-        f"{R}/logs/selection/random_k{{k}}_seed{{seed}}.log",
+        f"{R}/logs/selection/{{strategy}}_k{{k}}_seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/selection/random_k{{k}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/selection/{{strategy}}_k{{k}}_seed{{seed}}.tsv"
     shell:
-        "{params.py:q} {params.script:q} --strategy random --k {wildcards.k} --seed {params.seed} --pool {input.pool:q}"
+        "{params.py:q} {params.script:q} --strategy {wildcards.strategy} --k {wildcards.k} --seed {params.seed} --pool {input.pool:q}"
         " --out {output:q} > {log:q} 2>&1"

