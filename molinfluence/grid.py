@@ -154,7 +154,7 @@ class Condition:
 
     def record(self) -> dict[str, Any]:
         """What a run's metrics.json records about its condition (k is ``"all"`` for the whole pool)."""
-        return {"init": self.init, "strategy": self.strategy, "k": self.k_label, "seed": self.seed}
+        return {"init": self.init, "strategy": self.strategy, "k": "all" if self.k is None else self.k, "seed": self.seed}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], source: str = "metrics") -> "Condition":
