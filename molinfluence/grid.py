@@ -62,6 +62,14 @@ def selection_pattern(results: str, *, per_seed: bool) -> str:
     return f"{results}/{_SEED_SELECTION if per_seed else _SELECTION}"
 
 
+def _match(path: str | Any) -> tuple[str, re.Match[str]]:
+    text = PurePosixPath(str(path).replace("\\", "/")).as_posix()
+    match = _PARSE.search(text)
+    if match is None:
+        raise ValueError(f"{path}: not a fine-tuning run path (expected .../{_RUN}/seed{{seed}}/...)")
+    return text, match
+
+
 @dataclass(frozen=True, order=True)
 class Condition:
     """One grid condition ``(init, strategy, k)``, or one run of it when ``seed`` is set."""
@@ -141,11 +149,13 @@ class Condition:
     @classmethod
     def parse(cls, path: str | Any) -> "Condition":
         """The condition (and seed, when present) named by a path like ``.../finetune/fresh/random/k20/seed3/x.json``."""
-        text = PurePosixPath(str(path).replace("\\", "/")).as_posix()
-        match = _PARSE.search(text)
-        if match is None:
-            raise ValueError(f"{path}: not a fine-tuning run path (expected .../{_RUN}/seed{{seed}}/...)")
-        return cls.make(**match.groupdict())
+        return cls.make(**_match(path)[1].groupdict())
+
+    @staticmethod
+    def results_of(path: str | Any) -> str:
+        """The results folder a run path lies in (what :meth:`path` was given): ``r`` for ``r/finetune/...``."""
+        text, match = _match(path)
+        return text[: match.start()] or "."
 
     @classmethod
     def from_wildcards(cls, wildcards: Any) -> "Condition":

@@ -28,6 +28,8 @@ def test_path_and_parse_round_trip_for_every_condition_of_a_grid() -> None:
             assert Condition.parse(path) == run
             assert Condition.parse(f"/abs/{path}/metrics.json") == run
             assert Condition.from_record(run.record()) == run
+            assert Condition.results_of(f"{path}/metrics.json") == "results"
+            assert Condition.results_of(run.path("/abs/out dir")) == "/abs/out dir"
         assert Condition.parse(condition.path("res")) == condition  # the condition's own directory, no seed
 
 

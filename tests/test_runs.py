@@ -4,6 +4,7 @@ train only the seeds whose inputs changed (the others restored byte for byte fro
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -36,12 +37,12 @@ def layout(tmp_path_factory, molecules):
     return root, splits
 
 
-def _grid(layout, encoder, seeds, *, code="c1", log=None):
+def _grid(layout, encoder, seeds, *, code="c1", keep_models=False):
     root, splits = layout
     messages = []
     done = finetune_condition(Condition("fresh", "random", 10), seeds, results=root / "results", start=encoder,
-                              spec=SPEC, recipe=RECIPE, splits=splits, code=code, log=(log or messages.append),
-                              progress=False)
+                              spec=SPEC, recipe=RECIPE, splits=splits, code=code, keep_models=keep_models,
+                              log=messages.append, progress=False)
     return done, messages
 
 
@@ -105,3 +106,16 @@ def test_a_changed_input_or_code_retrains_exactly_the_affected_seeds(layout, tin
     assert done == {0: "restored", 1: "trained"}  # back to the original selection: its entry was replaced, retrain
     done, _ = _grid(layout, tiny_encoder_dir, [0], code="c2")  # the training code changed
     assert done == {0: "trained"}
+
+
+def test_kept_models_are_restored_too_and_a_cache_entry_without_weights_is_retrained(layout, tiny_encoder_dir):
+    root, _ = layout
+    model = Path(Condition("fresh", "random", 10, 0).path(str(root / "results"))) / "model"
+    _grid(layout, tiny_encoder_dir, [0], code="models")
+    assert not model.exists()
+    assert _grid(layout, tiny_encoder_dir, [0], code="models", keep_models=True)[0] == {0: "trained"}
+    weights = {p.name: p.read_bytes() for p in model.iterdir()}
+    assert "model.safetensors" in weights
+    shutil.rmtree(model)
+    assert _grid(layout, tiny_encoder_dir, [0], code="models", keep_models=True)[0] == {0: "restored"}
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == weights

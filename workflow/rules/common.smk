@@ -118,6 +118,15 @@ def train_args(epochs, seed):
     return jarg(recipe)
 
 
+def finetune_outputs():
+    """A condition job's outputs: each seed's run files (and model directory with finetune.keep_models)."""
+    files = {"metrics": "metrics.json", "predictions": "predictions.csv", "log": "train_log.csv"}
+    outputs = {name: [f"{run_pattern(R, seed)}/{file}" for seed in FT["seeds"]] for name, file in files.items()}
+    if FT["keep_models"]:
+        outputs["model"] = [directory(f"{run_pattern(R, seed)}/model") for seed in FT["seeds"]]
+    return outputs
+
+
 def finetune_selections(w):
     """The selection files of a condition's seeds (one per seed for random, else one shared file)."""
     runs = Condition.from_wildcards(w).runs(FT["seeds"])

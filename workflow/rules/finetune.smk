@@ -6,14 +6,6 @@
 # model"). Same recipe as base training, with finetune.epochs. Weights only with finetune.keep_models (187 MB each).
 
 FINETUNE_CODE = code(*MODEL_MODULES, "config", "training", "metrics", "selection", "grid", "runs", script_name="finetune")
-RUN_FILES = {"metrics": "metrics.json", "predictions": "predictions.csv", "log": "train_log.csv"}
-
-
-def _run_outputs():
-    outputs = {name: [f"{run_pattern(R, seed)}/{file}" for seed in FT["seeds"]] for name, file in RUN_FILES.items()}
-    if FT["keep_models"]:
-        outputs["model"] = [directory(f"{run_pattern(R, seed)}/model") for seed in FT["seeds"]]
-    return outputs
 
 
 rule finetune:
@@ -24,10 +16,10 @@ rule finetune:
         validation=rules.prepare_data.output.validation,
         test=rules.prepare_data.output.test,
     output:
-        **_run_outputs(),
+        **finetune_outputs(),
     params:
         py=PY,
-        results=R,
+        results=lambda w, output: Condition.results_of(output.metrics[0]),
         seeds=" ".join(str(s) for s in FT["seeds"]),
         args=train_args(FT["epochs"], None),
         spec=jarg({k: config["model"][k] for k in ("pooling", "head_dropout", "max_length")}),
