@@ -56,10 +56,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .grid import SCORE_FREE, STRATEGIES
+from .grid import NO_DATA, SCORE_FREE, STRATEGIES
 
-__all__ = ["STRATEGIES", "SCORE_FREE", "WEIGHT_CAP", "OUTPUT_COLUMNS", "influence_weights", "select", "TrainingRows",
-           "training_rows"]
+__all__ = ["STRATEGIES", "SCORE_FREE", "WEIGHT_CAP", "OUTPUT_COLUMNS", "influence_weights", "select", "select_condition",
+           "TrainingRows", "training_rows"]
 
 WEIGHT_CAP: float = 3.0
 
@@ -215,6 +215,25 @@ def select(pool: pd.DataFrame, strategy: str, k: int, *, seed: int = 0) -> pd.Da
         return _rows(pool, np.concatenate([negatives, positives]))
     # weighted: the whole pool, most negative first, with score-derived weights.
     return _rows(pool, ascending, influence_weights(score[ascending]))
+
+
+def select_condition(pool: pd.DataFrame, strategy: str, k: int | str, *, seed: int = 0, source: str = "the pool") -> pd.DataFrame:
+    """The selection a grid condition trains on: ``k`` as in a path (a number or ``all``), and ``none`` (the no-data
+    control) as the empty selection. A ``k`` larger than the pool names the config key and the pool file."""
+    if strategy == NO_DATA:
+        return _empty()
+    if k == "all":
+        k = len(pool)
+    elif isinstance(k, str):
+        if not k.isdigit():
+            raise ValueError(f"selection.k must be a number or 'all', got {k!r}")
+        k = int(k)
+    if isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > len(pool):
+        raise ValueError(
+            f"selection.k = {k} is larger than the external pool ({len(pool)} molecules in {source} after "
+            "validation and overlap removal); lower selection.k"
+        )
+    return select(pool, strategy, k, seed=seed)
 
 
 @dataclass

@@ -28,19 +28,10 @@ def main() -> None:
     import pandas as pd
 
     from molinfluence.files import write_csv
-    from molinfluence.selection import OUTPUT_COLUMNS, select
+    from molinfluence.selection import select_condition
 
     pool = pd.read_csv(args.pool)
-    if args.strategy == "none":
-        chosen = pd.DataFrame({c: pd.Series(dtype="float64") for c in OUTPUT_COLUMNS})
-    else:
-        k = len(pool) if args.k == "all" else int(args.k)
-        if k > len(pool):
-            raise ValueError(
-                f"selection.k = {k} is larger than the external pool ({len(pool)} molecules in {args.pool} after "
-                "validation and overlap removal); lower selection.k"
-            )
-        chosen = select(pool, args.strategy, k, seed=args.seed)
+    chosen = select_condition(pool, args.strategy, args.k, seed=args.seed, source=args.pool)
     write_csv(args.out, chosen)
     print(f"{args.strategy} k={args.k}: {len(chosen)} of {len(pool)} external samples selected -> {args.out}")
 

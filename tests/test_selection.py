@@ -16,6 +16,7 @@ from molinfluence.selection import (
     WEIGHT_CAP,
     influence_weights,
     select,
+    select_condition,
     training_rows,
 )
 
@@ -262,3 +263,14 @@ def test_bad_selection_names_the_file_and_row() -> None:
         training_rows(make_train(), chosen.drop(columns="weight"), selection_source="sel.csv")
     with pytest.raises(ValueError, match="sel.csv: column 'weight' must be finite and >= 0; data row 2"):
         training_rows(make_train(), chosen.assign(weight=[1.0, -1.0, 1.0]), selection_source="sel.csv")
+
+
+def test_select_condition_reads_k_as_paths_write_it() -> None:
+    pool = make_pool(12)
+    assert select_condition(pool, "all", "all").equals(select(pool, "all", 12))
+    assert select_condition(pool, "most_negative", "5").equals(select(pool, "most_negative", 5))
+    assert select_condition(pool, "random", "5", seed=3).equals(select(pool, "random", 5, seed=3))
+    empty = select_condition(pool, "none", "0")
+    assert empty.empty and list(empty.columns) == list(OUTPUT_COLUMNS)
+    with pytest.raises(ValueError, match=r"selection.k = 13 is larger than the external pool \(12 molecules in ext.csv"):
+        select_condition(pool, "random", "13", source="ext.csv")
