@@ -37,12 +37,12 @@ def layout(tmp_path_factory, molecules):
     return root, splits
 
 
-def _grid(layout, encoder, seeds, *, code="c1", keep_models=False):
+def _grid(layout, encoder, seeds, *, code="c1", keep_models=False, log=None):
     root, splits = layout
     messages = []
     done = finetune_condition(Condition("fresh", "random", 10), seeds, results=root / "results", start=encoder,
                               spec=SPEC, recipe=RECIPE, splits=splits, code=code, keep_models=keep_models,
-                              log=messages.append, progress=False)
+                              log=log or messages.append, progress=False)
     return done, messages
 
 
@@ -119,3 +119,28 @@ def test_kept_models_are_restored_too_and_a_cache_entry_without_weights_is_retra
     shutil.rmtree(model)
     assert _grid(layout, tiny_encoder_dir, [0], code="models", keep_models=True)[0] == {0: "restored"}
     assert {p.name: p.read_bytes() for p in model.iterdir()} == weights
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing of the job's own clean-up runs."""
+
+
+def test_a_seed_killed_mid_training_resumes_from_its_checkpoint_to_the_uninterrupted_result(layout, tiny_encoder_dir):
+    root, _ = layout
+    _grid(layout, tiny_encoder_dir, [0, 1])
+    reference = _bytes(root, 1)
+    checkpoint = Path(Condition("fresh", "random", 10, 1).path(str(root / "results" / ".resume"))) / "last.pt"
+
+    def kill_after_first_checkpoint(message: str) -> None:
+        if checkpoint.exists():  # seed 1 finished an epoch and saved it: die inside its next one
+            raise Killed
+
+    with pytest.raises(Killed):
+        _grid(layout, tiny_encoder_dir, [0, 1], code="kill", log=kill_after_first_checkpoint)
+    assert checkpoint.exists()
+    done, messages = _grid(layout, tiny_encoder_dir, [0, 1], code="kill")
+    assert done == {0: "restored", 1: "trained"} and any(m.startswith("resuming from") for m in messages)
+    resumed = _bytes(root, 1)
+    assert resumed["predictions.csv"] == reference["predictions.csv"]
+    assert resumed["metrics.json"] == reference["metrics.json"]
+    assert not checkpoint.exists()
