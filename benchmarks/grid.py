@@ -63,7 +63,9 @@ def prepare(root: Path, size: str):
 
 
 def run_job(results: Path, inputs: dict, seeds: list[int], epochs: int, threads: int) -> tuple[float, float, str]:
-    """One finetune.py process; returns (wall seconds, seconds in its seeds' training epochs, its log)."""
+    """One finetune.py process; returns (wall seconds, seconds in its seeds' training epochs, its log).
+
+    The log says how long each trained seed took in all (``seed N: trained in S s``)."""
     import pandas as pd
 
     from molinfluence.grid import Condition
@@ -109,7 +111,8 @@ def main() -> None:
                 write_csv(run.selection_path(str(folder)), select(pool, "random", 20, seed=seed))
             return folder
 
-        a_wall, a_trained, _ = run_job(results("A"), inputs, seeds, args.epochs, args.threads)
+        a_wall, a_trained, a_log = run_job(results("A"), inputs, seeds, args.epochs, args.threads)
+        a_seeds = sum(float(t) for t in re.findall(r"trained in ([0-9.]+) s", a_log))
         b = [run_job(results(f"B{s}"), inputs, [s], args.epochs, args.threads) for s in seeds]
         b_wall, b_trained = sum(w for w, _, _ in b), sum(t for _, t, _ in b)
         c_wall, c_trained, c_log = run_job(root / "A", inputs, [*seeds, args.seeds], args.epochs, args.threads)
@@ -123,6 +126,8 @@ def main() -> None:
     print(f"| B: {n} processes, 1 seed each | {b_wall:.2f} | {b_trained:.2f} | {(b_wall - b_trained) / n:.2f} |")
     print(f"| C: A again + 1 seed ({restored} restored) | {c_wall:.2f} | {c_trained:.2f} | "
           f"{c_wall - c_trained:.2f} (the new seed) |")
+    print(f"inside A: {a_wall - a_seeds:.2f} s for the process (start, imports, device, inputs), "
+          f"{(a_seeds - a_trained) / n:.2f} s per seed outside its epochs (start model, tokenising, evaluation, writing)")
     print(f"B / A wall time: {b_wall / a_wall:.2f}x; fixed cost per seed B / A: "
           f"{(b_wall - b_trained) / max(a_wall - a_trained, 1e-9):.2f}x")
 
