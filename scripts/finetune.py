@@ -23,17 +23,13 @@ from molinfluence.cli import json_arg, run, set_threads  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", required=True)
-    p.add_argument("--init", required=True)
-    p.add_argument("--strategy", required=True)
+    for name in ("results", "init", "strategy", "train", "validation", "test"):
+        p.add_argument(f"--{name}", required=True)
     p.add_argument("--k", required=True, help="number of selected samples, or 'all'")
     p.add_argument("--seeds", type=int, nargs="+", required=True)
     p.add_argument("--args", type=json_arg, required=True, help="training recipe (TrainConfig fields) as JSON")
     p.add_argument("--spec", type=json_arg, required=True, help="head/pooling spec (RegressorSpec fields) as JSON")
     p.add_argument("--start", required=True, help="trained base model (continue) or pretrained encoder (fresh)")
-    p.add_argument("--train", required=True)
-    p.add_argument("--validation", required=True)
-    p.add_argument("--test", required=True)
     p.add_argument("--code", required=True, help="hash of the training code: part of each run's cache key")
     p.add_argument("--keep-models", action="store_true")
     p.add_argument("--threads", type=int, default=None)
