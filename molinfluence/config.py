@@ -115,15 +115,3 @@ def _check_semantics(config: dict[str, Any]) -> None:
         n = config["model"]["random"]["num_hidden_layers"]
         if k > n:
             raise ConfigError(f"config key `influence.params`: last_layers:{k} but the model has {n} layers")
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it (used by tests and tools; the Snakefile validates Snakemake's config)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with open(path, encoding="utf-8") as fh:
-        config = yaml.safe_load(fh) or {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(config).__name__}")
-    return validate_config(config)
