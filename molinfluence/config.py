@@ -9,12 +9,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    # jsonschema is imported where a config is validated, not here: the training, influence and validation modules
+    # import this one for from_section, and jsonschema's import (format checkers, their grammars) took seconds of
+    # every job's start.
+    import jsonschema
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -46,8 +52,13 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-def _with_defaults(validator_class):
-    """A validator that fills ``default`` values (deep copies) before validating, recursing into filled objects."""
+@functools.cache
+def _validator_class():
+    """Draft 7 validator that fills ``default`` values (deep copies) before validating, recursing into filled
+    objects."""
+    import jsonschema
+
+    validator_class = jsonschema.Draft7Validator
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema) -> Iterator[jsonschema.ValidationError]:
@@ -58,9 +69,6 @@ def _with_defaults(validator_class):
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-_Validator = _with_defaults(jsonschema.Draft7Validator)
 
 
 def _key(error: jsonschema.ValidationError) -> str:
@@ -91,7 +99,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate in place (filling defaults) and return ``config``; raise :class:`ConfigError` listing every problem."""
     schema = load_schema() if schema is None else schema
-    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(_validator_class()(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         lines = [_describe(e) for e in errors]
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
