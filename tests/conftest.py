@@ -32,18 +32,10 @@ def molecules() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory, molecules) -> Path:
     """A saved tiny MoLFormer encoder + tokenizer built from the FreeSolv SMILES (what the pretrained stage writes)."""
-    import torch
+    from molinfluence.encoder import random_encoder, save_encoder
 
-    from molinfluence.molformer import MolformerConfig, MolformerModel
-    from molinfluence.tokenizer import build_smiles_tokenizer, save_tokenizer
-
-    out = tmp_path_factory.mktemp("encoder")
-    tokenizer = build_smiles_tokenizer(molecules["smiles"])
-    torch.manual_seed(0)
-    encoder = MolformerModel(MolformerConfig(vocab_size=len(tokenizer), deterministic_eval=True, **TINY))
-    encoder.save_pretrained(out)
-    save_tokenizer(tokenizer, out)
-    return out
+    encoder, tokenizer, _ = random_encoder(molecules["smiles"], seed=0, **TINY)
+    return save_encoder(encoder, tokenizer, tmp_path_factory.mktemp("encoder") / "encoder")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
