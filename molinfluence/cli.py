@@ -14,11 +14,14 @@ from typing import Any, Callable
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the user must change something", imported lazily so light scripts stay light."""
+    """Exception types that mean "the user must change something".
+
+    ValueError covers the package's input errors (DataError, ConfigError, ModelLoadError derive from it). The two
+    numerical failures are RuntimeErrors; they are looked up only if their module was imported, so that a light script
+    does not import torch just to name them.
+    """
     errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
     for module, name in (
-        ("molinfluence.data", "DataError"),
-        ("molinfluence.molformer", "ModelLoadError"),
         ("molinfluence.training", "TrainingDivergence"),
         ("molinfluence.influence", "InfluenceDivergence"),
     ):

@@ -9,12 +9,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    # jsonschema is imported where a config is validated, not here: the training, influence and validation modules
+    # import this one for from_section, and jsonschema's import (format checkers, their grammars) took seconds of
+    # every job's start.
+    import jsonschema
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -46,8 +52,13 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-def _with_defaults(validator_class):
-    """A validator that fills ``default`` values (deep copies) before validating, recursing into filled objects."""
+@functools.cache
+def _validator_class():
+    """Draft 7 validator that fills ``default`` values (deep copies) before validating, recursing into filled
+    objects."""
+    import jsonschema
+
+    validator_class = jsonschema.Draft7Validator
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema) -> Iterator[jsonschema.ValidationError]:
@@ -58,9 +69,6 @@ def _with_defaults(validator_class):
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-_Validator = _with_defaults(jsonschema.Draft7Validator)
 
 
 def _key(error: jsonschema.ValidationError) -> str:
@@ -91,7 +99,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate in place (filling defaults) and return ``config``; raise :class:`ConfigError` listing every problem."""
     schema = load_schema() if schema is None else schema
-    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(_validator_class()(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         lines = [_describe(e) for e in errors]
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
@@ -115,15 +123,3 @@ def _check_semantics(config: dict[str, Any]) -> None:
         n = config["model"]["random"]["num_hidden_layers"]
         if k > n:
             raise ConfigError(f"config key `influence.params`: last_layers:{k} but the model has {n} layers")
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it (used by tests and tools; the Snakefile validates Snakemake's config)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with open(path, encoding="utf-8") as fh:
-        config = yaml.safe_load(fh) or {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(config).__name__}")
-    return validate_config(config)

@@ -47,6 +47,7 @@ __all__ = [
 
 #: File suffixes load_table reads, with the CSV field separator (None: parquet).
 SUPPORTED_SUFFIXES: dict[str, str | None] = {".csv": ",", ".tsv": "\t", ".parquet": None}
+_DELIMITERS = (",", "\t", ";", "|")  # separators a table exported by hand commonly uses
 INVALID_POLICIES = ("error", "drop")
 OVERLAP_KEYS = ("flat", "canonical")
 SPLIT_NAMES = ("train", "validation", "test")
@@ -164,13 +165,16 @@ def _read_raw(source: str, resolved: str, role: str) -> pd.DataFrame:
             return pd.read_parquet(resolved)
         except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
             raise DataError(f"{where}: cannot read as parquet: {exc}") from exc
+    sep = SUPPORTED_SUFFIXES[suffix]
     try:
+        _check_field_counts(resolved, sep, where)
         return pd.read_csv(
             resolved,
-            sep=SUPPORTED_SUFFIXES[suffix],
+            sep=sep,
             dtype=str,
             keep_default_na=False,  # keep '' and 'NA' as text; clean_table reports them per row
             encoding="utf-8-sig",  # strips a byte-order mark from the first column name
+            index_col=False,  # never take the first column as an index (pandas does when rows are one field longer)
         )
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{where}: the file is empty (expected a header line and data rows)") from exc
@@ -180,11 +184,75 @@ def _read_raw(source: str, resolved: str, role: str) -> pd.DataFrame:
         raise DataError(f"{where}: not UTF-8 text ({exc})") from exc
 
 
-def _missing_column(where: str, role: str, key: str, wanted: str, available: Sequence[str]) -> DataError:
-    """Error for a column that is not in the table: list the columns and suggest the closest (case-insensitive)."""
+def _delimiter_hint(header: Sequence[str], sep: str | None) -> str:
+    """'; the delimiter looks like ';' ...' when a one-column header holds another common delimiter, else ''.
+
+    load_table picks the separator from the file suffix (.csv: comma, .tsv: tab). A file written with another
+    separator (semicolons from a European spreadsheet, tabs in a .csv) is read as a single column whose name is the
+    whole header line; this names the separator it looks like instead of only saying that a column is missing.
+    """
+    if sep is None or len(header) != 1:
+        return ""
+    counts = {d: str(header[0]).count(d) for d in _DELIMITERS if d != sep}
+    found = max(counts, key=lambda d: counts[d])
+    if not counts[found]:
+        return ""
+    names = {",": "comma", "\t": "tab"}
+    read_as = f"{names.get(sep, repr(sep))}-separated"
+    fix = "save it as .tsv" if found == "\t" else ("save it as .csv" if found == "," else "save it comma-separated")
+    return (
+        f"; the delimiter looks like {found!r}, but this file is read as {read_as} (from its suffix): {fix}, "
+        f"e.g. pandas.read_csv(path, sep={found!r}).to_csv(new_path, index=False)"
+    )
+
+
+def _check_field_counts(resolved: str, sep: str, where: str) -> None:
+    """Raise if a data row has more fields than the header, naming the rows and the counts.
+
+    Why: pandas silently turns the first column into the index when the first data row has one field too many
+    (``CCO,1.0,extra`` under ``smiles,label``), so every column shifts and the rows are later reported as unparsable
+    SMILES '1.0'; on a later row it raises a tokenizer error counting lines, not rows. Rows with fewer fields are
+    left to pandas (their missing cells are empty and reported per row by clean_table). Blank lines are skipped, as
+    pandas does, so "row N" is the N-th data row.
+    """
+    import csv
+
+    too_long: list[tuple[int, int]] = []
+    with open(resolved, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return  # empty file: pandas says so
+            row = 0
+            for record in reader:
+                if not record:
+                    continue
+                row += 1
+                if len(record) > len(header):
+                    too_long.append((row, len(record)))
+        except csv.Error:
+            return  # a malformed field (e.g. over the csv module's size limit): pandas reports it with its line
+    if not too_long:
+        return
+    listed = ", ".join(f"row {r} has {n} fields" for r, n in too_long[:_MAX_LISTED])
+    more = f", ... ({len(too_long)} rows)" if len(too_long) > _MAX_LISTED else (
+        f" ({len(too_long)} rows)" if len(too_long) > 1 else ""
+    )
+    hint = _delimiter_hint(header, sep) or (
+        f"; a field that contains {sep!r} must be quoted, and a row must not end with {sep!r}"
+    )
+    raise DataError(f"{where}: {listed}{more}, the header has {len(header)}{hint}")
+
+
+def _missing_column(
+    where: str, role: str, key: str, wanted: str, available: Sequence[str], sep: str | None = None
+) -> DataError:
+    """Error for a column that is not in the table: list the columns and suggest the closest (case-insensitive),
+    or name the delimiter the file seems to use when its header was read as a single column."""
     lowered = {str(c).lower(): str(c) for c in available}
     close = difflib.get_close_matches(wanted.lower(), list(lowered), n=1, cutoff=0.6)
-    hint = f"; did you mean {lowered[close[0]]!r}?" if close else ""
+    hint = _delimiter_hint(available, sep) or (f"; did you mean {lowered[close[0]]!r}?" if close else "")
     return DataError(
         f"{where}: no column {wanted!r} (data.{role}.{key}); available columns: "
         f"{', '.join(repr(str(c)) for c in available)}{hint}"
@@ -226,9 +294,10 @@ def load_table(source: str, smiles_column: str, label_column: str, *, role: str)
     if smiles_column == label_column:
         raise DataError(f"{where}: data.{role}.smiles_column and label_column are both {smiles_column!r}")
     columns = [str(c) for c in raw.columns]
+    sep = SUPPORTED_SUFFIXES.get(Path(resolved).suffix.lower())
     for key, wanted in (("smiles_column", smiles_column), ("label_column", label_column)):
         if wanted not in columns:
-            raise _missing_column(where, role, key, wanted, columns)
+            raise _missing_column(where, role, key, wanted, columns, sep)
     if len(raw) == 0:
         raise DataError(f"{where}: no data rows (the file has only a header)")
     label_raw = [_as_text(v) for v in raw[label_column]]
@@ -586,7 +655,8 @@ class DataConfig:
     """Everything the data stage needs; validated on construction so that mistakes surface before any file is read.
 
     The external pool comes either from its own file (``external`` + its columns) or, for demos, from a seeded
-    ``external_holdout_fraction`` of the dataset; exactly one of the two must be set. Defaults match the shared
+    ``external_holdout_fraction`` of the dataset; exactly one of the two must be set. ``subsample`` (quick trial
+    runs, the integration tests) keeps a seeded random sample of at most that many valid dataset rows. Defaults match the shared
     Lipophilicity (SMILES,label) and external (SMILES,Label) files and the original report's 80/20 split, seed 42.
     """
 
@@ -597,6 +667,7 @@ class DataConfig:
     external_smiles_column: str = "SMILES"
     external_label_column: str = "Label"
     external_holdout_fraction: float | None = None
+    subsample: int | None = None
     test_fraction: float = 0.2
     validation_fraction: float = 0.1
     seed: int = 42
@@ -612,6 +683,10 @@ class DataConfig:
             )
         if self.external_holdout_fraction is not None:
             _check_fraction("data.external.holdout_fraction", self.external_holdout_fraction)
+        if self.subsample is not None and (
+            isinstance(self.subsample, bool) or not isinstance(self.subsample, int) or self.subsample < 1
+        ):
+            raise DataError(f"data.dataset.subsample must be a positive integer or null, got {self.subsample!r}")
         _check_fraction("data.test_fraction", self.test_fraction)
         _check_fraction("data.validation_fraction", self.validation_fraction)
         _check_seed(self.seed)
@@ -643,6 +718,7 @@ class DataConfig:
             "external_smiles_column": ("external", "smiles_column"),
             "external_label_column": ("external", "label_column"),
             "external_holdout_fraction": ("external", "holdout_fraction"),
+            "subsample": ("dataset", "subsample"),
             "test_fraction": ("test_fraction",),
             "validation_fraction": ("validation_fraction",),
             "seed": ("seed",),
@@ -702,6 +778,10 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         role="dataset",
         invalid=cfg.invalid,
     )
+    if cfg.subsample is not None and cfg.subsample < len(dataset):
+        # a seeded sample of the valid rows, in file order (rows keep their numbers in the file)
+        dataset = dataset.sample(n=cfg.subsample, random_state=cfg.seed).sort_values("row").reset_index(drop=True)
+        dataset_report = {**dataset_report, "subsample": int(cfg.subsample)}
     if cfg.external is not None:
         external, external_report = clean_table(
             load_table(cfg.external, cfg.external_smiles_column, cfg.external_label_column, role="external"),

@@ -2,12 +2,14 @@
 
 Why: Snakemake treats an existing output file as "done". A script that dies halfway through writing must therefore
 never leave a truncated file at the output path, so every write goes to a temporary sibling that is renamed onto
-the target only after the write succeeded. ``sha256_files`` fingerprints source files so that a rule can take the
-hash of the modules it runs as a parameter and rerun when that code changes.
+the target only after the write succeeded. ``sha256_files`` fingerprints source files, and ``code_hash`` the code a
+script runs (the script and every package module it imports, found from its imports) so that a rule can take it as a
+parameter and rerun exactly when that code changes.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -21,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is only needed by write_csv; keep importing this module cheap.
     import pandas as pd
 
-__all__ = ["atomic_path", "json_text", "write_json", "read_json", "write_csv", "sha256_files"]
+__all__ = [
+    "atomic_path",
+    "json_text",
+    "write_json",
+    "read_json",
+    "write_csv",
+    "sha256_files",
+    "imported_modules",
+    "code_hash",
+]
 
 
 def _remove(path: Path) -> None:
@@ -182,3 +193,102 @@ def sha256_files(
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
     return digest.hexdigest()
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    """``root/a/b.py`` or ``root/a/b/__init__.py`` for the dotted module name ``a.b``, None if neither exists."""
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, module: str | None, package: str) -> list[tuple[str, int, bool]]:
+    """(dotted name, line, must exist) for each ``package`` module that the source file ``path`` imports anywhere
+    (functions included). ``module`` is the file's own dotted name (None for a script), to resolve relative imports.
+    ``from a.b import c`` yields ``a``, ``a.b`` (modules: must exist) and ``a.b.c`` (a submodule, or just a name
+    defined in ``a.b``: kept only if it is a module file)."""
+    source = path.read_bytes()
+    key = (hashlib.sha256(source).hexdigest(), module, package)
+    if key not in _IMPORTS_SEEN:  # parsing is the cost; a workflow asks once per rule for mostly the same modules
+        _IMPORTS_SEEN[key] = _parse_imports(path, source, module, package)
+    return _IMPORTS_SEEN[key]
+
+
+_IMPORTS_SEEN: dict[tuple[str, str | None, str], list[tuple[str, int, bool]]] = {}
+
+
+def _parse_imports(path: Path, source: bytes, module: str | None, package: str) -> list[tuple[str, int, bool]]:
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        raise ValueError(f"{path}: cannot read its imports: {exc}") from exc
+    own_package = module if module is not None and path.name == "__init__.py" else (module or "").rpartition(".")[0]
+    found: list[tuple[str, int, bool]] = []
+
+    def add(name: str, line: int, optional_last: bool) -> None:
+        if name != package and not name.startswith(package + "."):
+            return
+        parts = name.split(".")
+        # importing a.b.c runs a/__init__, a/b/__init__ and a/b/c: every prefix is a module
+        for i in range(len(parts)):
+            found.append((".".join(parts[: i + 1]), line, not (optional_last and i == len(parts) - 1)))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name, node.lineno, False)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = own_package.split(".") if own_package else []
+                if not parts or node.level - 1 >= len(parts):
+                    raise ValueError(f"{path}:{node.lineno}: relative import beyond the top of the package")
+                base = ".".join(parts[: len(parts) - (node.level - 1)])
+                stem = f"{base}.{node.module}" if node.module else base
+            else:
+                stem = node.module or ""
+            add(stem, node.lineno, False)
+            for alias in node.names:
+                if alias.name != "*":
+                    add(f"{stem}.{alias.name}", node.lineno, True)
+    return found
+
+
+def imported_modules(
+    source: str | os.PathLike[str], *, root: str | os.PathLike[str], package: str = "molinfluence"
+) -> list[Path]:
+    """Files of ``package`` (a directory below ``root``) that running ``source`` imports, directly or transitively.
+
+    Read from the code, not executed: every ``import``/``from ... import`` anywhere in the file (also inside functions,
+    where the scripts import lazily) is followed through the package's own modules, relative imports included.
+    Importing a submodule runs its package's ``__init__.py``, which is therefore included. A name imported from a
+    module that is not itself a module file (``from molinfluence.data import DataError``) counts as that module; an
+    import of a package module that does not exist is an error naming the file and line. Sorted absolute paths.
+    """
+    root_dir = Path(root).resolve()
+    seen: dict[str, Path] = {}
+    todo: list[tuple[Path, str | None]] = [(Path(source).resolve(), None)]
+    while todo:
+        path, module = todo.pop()
+        for name, line, must_exist in _imports(path, module, package):
+            if name in seen:
+                continue
+            file = _module_file(root_dir, name)
+            if file is None:
+                if must_exist:
+                    raise ValueError(f"{path}:{line}: imports {name}, but {root_dir} has no module file for it")
+                continue
+            seen[name] = file
+            todo.append((file, name))
+    return sorted(set(seen.values()))
+
+
+def code_hash(
+    script: str | os.PathLike[str], *, root: str | os.PathLike[str], package: str = "molinfluence"
+) -> str:
+    """Hex SHA-256 (:func:`sha256_files`, names relative to ``root``) of ``script`` and every ``package`` module it
+    imports (:func:`imported_modules`): the code a workflow rule runs. As a rule parameter it makes an edit rerun
+    exactly the rules whose script imports the edited module, and nothing else, without hand-kept module lists."""
+    script = Path(script)
+    return sha256_files([script, *imported_modules(script, root=root, package=package)], root=root)

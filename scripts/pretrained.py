@@ -25,44 +25,18 @@ def main() -> None:
     p.add_argument("--data", required=True, help="prepared data directory (tokenizer vocabulary for source: random)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    model_cfg = args.args
 
-    import pandas as pd
-    import torch
+    from molinfluence.encoder import save_encoder, starting_encoder
 
-    from molinfluence.files import atomic_path
-    from molinfluence.molformer import MolformerConfig, MolformerModel, load_encoder
-    from molinfluence.tokenizer import build_smiles_tokenizer, count_unknown, load_tokenizer, save_tokenizer
+    smiles = []
+    if args.args["source"] == "random":
+        import pandas as pd
 
-    if model_cfg["source"] == "pretrained":
-        name = model_cfg["name"]
-        encoder = load_encoder(name, deterministic_eval=True, revision=model_cfg.get("revision"))
-        tokenizer = load_tokenizer(name)
-        origin = f"pretrained {name}"
-    else:
-        sizes = dict(model_cfg["random"])
-        seed = int(sizes.pop("seed"))
-        smiles = []
         for split in ("train", "validation", "test", "external"):
             smiles.extend(pd.read_csv(Path(args.data) / f"{split}.csv")["smiles"].tolist())
-        tokenizer = build_smiles_tokenizer(smiles)
-        config = MolformerConfig(
-            vocab_size=len(tokenizer),
-            max_position_embeddings=model_cfg["max_length"],
-            deterministic_eval=True,
-            **sizes,
-        )
-        torch.manual_seed(seed)
-        encoder = MolformerModel(config)
-        origin = f"random MoLFormer {sizes} (seed {seed}), tokenizer of {len(tokenizer)} tokens from {len(smiles)} molecules"
-        unknown = count_unknown(tokenizer, smiles)
-        if unknown:
-            raise RuntimeError(f"{unknown} data molecules contain tokens missing from the vocabulary built from them")
-    n_params = sum(p.numel() for p in encoder.parameters())
-    with atomic_path(args.out, directory=True) as tmp:
-        encoder.save_pretrained(tmp)
-        save_tokenizer(tokenizer, tmp)
-    print(f"{origin}: {n_params:,} parameters -> {args.out}")
+    encoder, tokenizer, origin = starting_encoder(args.args, smiles)
+    save_encoder(encoder, tokenizer, args.out)
+    print(f"{origin}: {sum(p.numel() for p in encoder.parameters()):,} parameters -> {args.out}")
 
 
 if __name__ == "__main__":

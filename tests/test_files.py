@@ -11,7 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from molinfluence.files import atomic_path, read_json, sha256_files, write_csv, write_json
+from molinfluence.files import (
+    atomic_path,
+    code_hash,
+    imported_modules,
+    read_json,
+    sha256_files,
+    write_csv,
+    write_json,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -161,3 +171,121 @@ def test_sha256_files_errors(tmp_path: Path) -> None:
     a, _ = _tree(tmp_path / "x")
     with pytest.raises(ValueError, match="not below root"):
         sha256_files([a], root=tmp_path / "y")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# code_hash: the code a script runs, found from its imports
+
+
+def _write_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+SYNTHETIC = {
+    "pkg/__init__.py": "",
+    "pkg/base.py": "X = 1\n",
+    "pkg/mid.py": "from .base import X\n",  # relative
+    "pkg/top.py": "from pkg import mid\nimport json\n",  # from-package import of a submodule, plus stdlib
+    "pkg/alone.py": "import numpy\n",
+    "pkg/sub/__init__.py": "from ..base import X\n",  # a subpackage, relative two levels up
+    "pkg/sub/leaf.py": "from . import helper\n",
+    "pkg/sub/helper.py": "",
+    "scripts/a.py": "import sys\n\ndef main():\n    from pkg.top import mid  # lazy, inside a function\n",
+    "scripts/b.py": "from pkg.alone import numpy as np\n",  # a name that is not a module file
+    "scripts/c.py": "import pkg.sub.leaf\n",
+    "scripts/d.py": "print('no package imports')\n",
+}
+
+
+def test_imported_modules_follows_relative_lazy_and_transitive_imports(tmp_path: Path) -> None:
+    root = _write_tree(tmp_path, SYNTHETIC)
+
+    def names(script: str) -> list[str]:
+        return [p.relative_to(root).as_posix() for p in imported_modules(root / script, root=root, package="pkg")]
+
+    assert names("scripts/a.py") == ["pkg/__init__.py", "pkg/base.py", "pkg/mid.py", "pkg/top.py"]
+    assert names("scripts/b.py") == ["pkg/__init__.py", "pkg/alone.py"]
+    assert names("scripts/c.py") == [
+        "pkg/__init__.py", "pkg/base.py", "pkg/sub/__init__.py", "pkg/sub/helper.py", "pkg/sub/leaf.py",
+    ]
+    assert names("scripts/d.py") == []
+
+
+def test_imported_modules_names_a_missing_module(tmp_path: Path) -> None:
+    root = _write_tree(tmp_path, {**SYNTHETIC, "scripts/e.py": "x = 1\nfrom pkg.nope import thing\n"})
+    with pytest.raises(ValueError, match=r"e\.py:2: imports pkg\.nope, but .* has no module file"):
+        imported_modules(root / "scripts/e.py", root=root, package="pkg")
+
+
+def test_code_hash_changes_for_exactly_the_scripts_that_import_the_edited_module(tmp_path: Path) -> None:
+    root = _write_tree(tmp_path, SYNTHETIC)
+    scripts = sorted((root / "scripts").glob("*.py"))
+
+    def hashes() -> dict[str, str]:
+        return {s.name: code_hash(s, root=root, package="pkg") for s in scripts}
+
+    before = hashes()
+    users = {"pkg/base.py": {"a.py", "c.py"}, "pkg/sub/helper.py": {"c.py"}, "pkg/alone.py": {"b.py"},
+             "pkg/__init__.py": {"a.py", "b.py", "c.py"}}
+    for module, expected in users.items():
+        path = root / module
+        original = path.read_text()
+        path.write_text(original + "# an edit\n")
+        after = hashes()
+        path.write_text(original)
+        assert {name for name in before if after[name] != before[name]} == expected, module
+    assert hashes() == before
+
+
+def _reference_closure(script: Path, root: Path) -> set[str]:
+    """The molinfluence modules a script imports, by the standard library's own static import finder (an independent
+    implementation), searching only the checkout so that third-party packages are not followed."""
+    import modulefinder
+
+    finder = modulefinder.ModuleFinder(path=[str(root)])
+    finder.run_script(str(script))
+    return {
+        Path(m.__file__).relative_to(root).as_posix()
+        for name, m in finder.modules.items()
+        if (name == "molinfluence" or name.startswith("molinfluence.")) and m.__file__
+    }
+
+
+def test_every_script_hash_covers_exactly_its_imports_and_reruns_on_their_edits(tmp_path: Path) -> None:
+    """On a copy of the real package and scripts: the modules found agree with modulefinder's, and editing any package
+    module changes the code hash of exactly the scripts that import it, directly or through other modules."""
+    root = tmp_path / "checkout"
+    for part in ("molinfluence", "scripts"):
+        shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "datasets"))
+    scripts = sorted((root / "scripts").glob("*.py"))
+    closure = {}
+    for script in scripts:
+        ours = {p.relative_to(root).as_posix() for p in imported_modules(script, root=root)}
+        assert ours == _reference_closure(script, root), script.name
+        assert "molinfluence/cli.py" in ours, f"{script.name}: every script runs through molinfluence.cli"
+        closure[script.name] = ours
+
+    def hashes() -> dict[str, str]:
+        return {s.name: code_hash(s, root=root) for s in scripts}
+
+    before = hashes()
+    modules = sorted((root / "molinfluence").glob("*.py"))
+    for module in modules:
+        name = module.relative_to(root).as_posix()
+        original = module.read_bytes()
+        module.write_bytes(original + b"\n# an edit\n")
+        after = hashes()
+        module.write_bytes(original)
+        changed = {s for s in before if after[s] != before[s]}
+        assert changed == {s for s, mods in closure.items() if name in mods}, name
+    assert hashes() == before
+    for script in scripts:  # and a script's own edit changes its hash only
+        original = script.read_bytes()
+        script.write_bytes(original + b"\n# an edit\n")
+        after = hashes()
+        script.write_bytes(original)
+        assert {s for s in before if after[s] != before[s]} == {script.name}
