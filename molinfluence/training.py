@@ -283,6 +283,32 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
 
 
+def train_step(
+    model: MolformerRegressor,
+    optimizer: torch.optim.Optimizer,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+    projections: torch.Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """One optimisation step on a batch already on the device (``projections``: this forward's feature-map draws);
+    returns the detached batch loss, still on the device: nothing here waits for the device."""
+    model.molformer.set_next_feature_projections(projections)
+    with _autocast(cfg, device):
+        pred = model(ids, mask)
+    per_sample = (pred.float() - labels).square()
+    loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -385,17 +411,9 @@ def train_regressor(
                 idx = order[pos : pos + size]
                 pos += size
                 ids, mask = data.batch(idx, width)
-                model.molformer.set_next_feature_projections(draws.next())
-                with _autocast(cfg, device):
-                    pred = model(ids, mask)
-                per_sample = (pred.float() - data.labels.index_select(0, idx)).square()
-                loss = (per_sample * w_train.index_select(0, idx)).mean() if w_train is not None else per_sample.mean()
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.detach())
+                labels = data.labels.index_select(0, idx)
+                weights_b = None if w_train is None else w_train.index_select(0, idx)
+                losses.append(train_step(model, optimizer, ids, mask, labels, weights_b, draws.next(), cfg, device))
                 if b % CHECK_EVERY_STEPS == 0 or b == len(batches):
                     # The only host synchronisation of the epoch's steps: read the losses since the last check.
                     values = torch.stack(losses).double().cpu().tolist()
