@@ -16,7 +16,8 @@ PyTorch step; one epoch through ``train_regressor`` against a bare PyTorch loop 
 same bare loop with every batch padded to the split's longest, as the loop did before issue 10); the fixed cost of a
 fine-tune job (a subprocess doing imports, device initialisation and model loading); an HVP on a LiSSA mini-batch and
 on the full training split; the default config's IHVP in full-split HVP equivalents; scoring the external pool; peak
-memory; and the projected wall time of config.yaml's DAG.
+memory; and the projected wall time of config.yaml's DAG, with one fine-tune job per seed and with one per
+condition (all its seeds in one process).
 """
 
 from __future__ import annotations
@@ -281,16 +282,17 @@ def job_fixed_cost(model: MolformerRegressor, tokenizer: Any, device: torch.devi
 # DAG projection
 
 
-def finetune_jobs(config: dict[str, Any], n_external: int) -> list[int]:
-    """Molecules added by each fine-tune job, counted as workflow/rules/common.smk's grid() does: per init a
-    no-data control, ``all``/``weighted`` once (the whole pool), other strategies once per k; times the seeds."""
+def finetune_conditions(config: dict[str, Any], n_external: int) -> list[int]:
+    """Molecules added by each fine-tune condition (init, strategy, k), enumerated as the workflow's grid does: per
+    init a no-data control, ``all``/``weighted`` once (the whole pool), other strategies once per k. Each condition
+    trains ``finetune.seeds`` runs."""
     ft, sel = config["finetune"], config["selection"]
     added = []
     for _ in ft["inits"]:
         added.append(0)
         for strategy in sel["strategies"]:
             added.extend([n_external] if strategy in ("all", "weighted") else list(sel["k"]))
-    return [a for a in added for _ in ft["seeds"]]
+    return added
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -416,13 +418,18 @@ def main() -> None:
         return fixed_s + epochs * n / mol_per_s
 
     base_s = train_job(real_train, config["train"]["epochs"])
-    jobs = finetune_jobs(config, n_ext)
-    ft_s = sum(train_job(real_train + added, config["finetune"]["epochs"]) for added in jobs)
-    total = base_s + ft_s + ihvp_s + score_s + fixed_s * 2
+    conditions = finetune_conditions(config, n_ext)
+    seeds, ft_epochs = len(config["finetune"]["seeds"]), config["finetune"]["epochs"]
+    epochs_s = seeds * sum(ft_epochs * (real_train + added) / mol_per_s for added in conditions)
+    per_seed_jobs = epochs_s + len(conditions) * seeds * fixed_s
+    per_condition_jobs = epochs_s + len(conditions) * fixed_s
+    rest = base_s + ihvp_s + score_s + 2 * fixed_s
     row("projected train_base (no early stop)", f"{base_s:.0f} s")
-    row(f"projected fine-tune grid ({len(jobs)} jobs x {config['finetune']['epochs']} epochs, one process each, no early stop)",
-        f"{ft_s / 60:.1f} min")
-    row("projected config.yaml DAG (train_base + IHVP + scoring + fine-tunes, sequential on this device)", f"{total / 60:.1f} min")
+    row(f"projected fine-tune grid: {len(conditions)} conditions x {seeds} seeds x {ft_epochs} epochs (no early stop)",
+        f"{epochs_s / 60:.1f} min of epochs; + job starts: {per_seed_jobs / 60:.1f} min with one job per seed, "
+        f"{per_condition_jobs / 60:.1f} min with one job per condition")
+    row("projected config.yaml DAG (train_base + IHVP + scoring + fine-tunes, sequential on this device)",
+        f"{(rest + per_seed_jobs) / 60:.1f} min (job per seed), {(rest + per_condition_jobs) / 60:.1f} min (job per condition)")
 
     width = max(len(w) for w, _ in rows)
     print(f"\n{'what'.ljust(width)} | measured")
