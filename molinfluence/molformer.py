@@ -19,6 +19,9 @@ eval mode. Influence functions need a fixed function of the parameters, so :func
 ``jvp``, ``hessian``) in deterministic eval mode. (In train mode every forward pass draws new projections from the
 global torch RNG, which ``vmap`` refuses unless given a ``randomness`` mode; the last draw stays in the buffers and
 is saved with the model, so a fine-tuned model is evaluated with the projection it was last trained with.)
+A caller may supply the next pass's draws instead (:meth:`MolformerModel.set_next_feature_projections`, same
+distribution via :func:`draw_orthogonal_feature_stack`): the training loop draws all layers' projections for a step in
+one batched QR from its own seeded CPU generator, off the accelerator's critical path.
 
 Importing this module registers the classes with ``AutoConfig``, ``AutoModel`` and ``AutoModelForMaskedLM`` for
 ``model_type = "molformer"``.
@@ -138,13 +141,33 @@ def draw_orthogonal_features(
     ``n`` holds the row norms of ``G`` (scaling column ``j`` of ``Q``); blocks are concatenated column-wise and
     truncated to ``num_features`` columns. Uses the global torch RNG, so ``torch.manual_seed`` makes it reproducible.
     """
-    blocks = []
-    for _ in range(math.ceil(num_features / head_size)):
-        gaussian = torch.randn(head_size, head_size, device=device)
-        norms = torch.linalg.norm(gaussian, dim=1).unsqueeze(0)
-        q, _ = torch.linalg.qr(gaussian)
-        blocks.append(q * norms)
-    return torch.cat(blocks, dim=1)[:, :num_features]
+    return draw_orthogonal_feature_stack(1, head_size, num_features, device=device)[0]
+
+
+def draw_orthogonal_feature_stack(
+    count: int,
+    head_size: int,
+    num_features: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """``count`` independent draws of :func:`draw_orthogonal_features` (``count x head_size x num_features``), with
+    all blocks orthogonalised by one batched QR.
+
+    Without ``generator`` the Gaussians come from the global RNG one block at a time, in the published order (so
+    ``count=1`` is exactly the published single draw); with a ``generator`` (a dedicated, seeded CPU generator, as the
+    training loop uses to take the redraw off the accelerator's critical path) they come from it in one call.
+    """
+    blocks = math.ceil(num_features / head_size)
+    if generator is None:
+        gaussian = torch.stack([torch.randn(head_size, head_size, device=device) for _ in range(count * blocks)])
+    else:
+        gaussian = torch.randn(count * blocks, head_size, head_size, generator=generator, device=device)
+    norms = torch.linalg.norm(gaussian, dim=2).unsqueeze(1)  # row norms of each G, scaling the columns of its Q
+    q, _ = torch.linalg.qr(gaussian)
+    scaled = (q * norms).view(count, blocks, head_size, head_size)
+    return scaled.permute(0, 2, 1, 3).reshape(count, head_size, blocks * head_size)[..., :num_features]
 
 
 class MolformerEmbeddings(nn.Module):
@@ -182,10 +205,19 @@ class MolformerFeatureMap(nn.Module):
             self.weight.dtype
         )
 
+    def use_next(self, weight: torch.Tensor) -> None:
+        """Make ``weight`` (drawn elsewhere with the same distribution) the next forward pass's fresh draw, instead of
+        a draw from the global RNG; it is used once, and stored like a draw made here."""
+        self._next_weight = weight
+
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map queries and keys (``... x head_size``) to non-negative features (``... x num_random_features``)."""
+        pending = self.__dict__.pop("_next_weight", None)  # used by this pass or dropped, never by a later one
         if self.training or not self.config.deterministic_eval:
-            self.redraw()
+            if pending is None:
+                self.redraw()
+            else:
+                self.weight = pending.to(self.weight.dtype)
         return self.kernel(query @ self.weight), self.kernel(key @ self.weight)
 
 
@@ -332,6 +364,21 @@ class MolformerModel(MolformerPreTrainedModel):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.add_pooling_layer = add_pooling_layer
         self.post_init()
+
+    def feature_maps(self) -> list[MolformerFeatureMap]:
+        """The attention feature maps, one per layer (in layer order)."""
+        return [layer.attention.self.feature_map for layer in self.encoder.layer]
+
+    def set_next_feature_projections(self, projections: torch.Tensor) -> None:
+        """Give every layer its projection for the next forward pass (``num_hidden_layers x head_size x
+        num_random_features``, e.g. from :func:`draw_orthogonal_feature_stack`); in train mode they replace that pass's
+        draws from the global RNG."""
+        maps = self.feature_maps()
+        expected = (len(maps), maps[0].head_size, maps[0].num_features)
+        if tuple(projections.shape) != expected:
+            raise ValueError(f"feature projections have shape {tuple(projections.shape)}, expected {expected}")
+        for feature_map, weight in zip(maps, projections.unbind(0)):
+            feature_map.use_next(weight)
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding matrix."""

@@ -18,6 +18,7 @@ from molinfluence.molformer import (
     MolformerForMaskedLM,
     MolformerModel,
     apply_rotary,
+    draw_orthogonal_feature_stack,
     draw_orthogonal_features,
     load_encoder,
     rotary_cos_sin,
@@ -245,6 +246,67 @@ def test_feature_projection_is_block_orthogonal_with_gaussian_row_norms() -> Non
         torch.testing.assert_close(block.norm(dim=0), norms, atol=1e-5, rtol=0)
         unit = block / norms
         torch.testing.assert_close(unit.T @ unit, torch.eye(block.shape[1]), atol=1e-5, rtol=0)
+
+
+def test_batched_stack_draw_has_the_published_distribution_and_is_seeded_by_its_generator() -> None:
+    """Each slice of a stack drawn from a dedicated generator is a published draw of that generator's Gaussians:
+    block-orthogonal columns whose norms are the Gaussians' row norms; the same seed gives the same stack, and the
+    global RNG is not touched."""
+    count, head_size, num_features = 3, 8, 20  # 3 blocks per layer, the last truncated
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    stack = draw_orthogonal_feature_stack(count, head_size, num_features, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(torch.get_rng_state(), global_state)
+    again = draw_orthogonal_feature_stack(count, head_size, num_features, generator=torch.Generator().manual_seed(9))
+    other = draw_orthogonal_feature_stack(count, head_size, num_features, generator=torch.Generator().manual_seed(10))
+    assert torch.equal(stack, again) and not torch.allclose(stack, other)
+    gaussians = torch.randn(count * 3, head_size, head_size, generator=torch.Generator().manual_seed(9))
+    assert stack.shape == (count, head_size, num_features)
+    for layer in range(count):
+        for b in range(3):
+            block = stack[layer, :, b * head_size:(b + 1) * head_size]
+            norms = torch.linalg.norm(gaussians[layer * 3 + b], dim=1)[: block.shape[1]]
+            torch.testing.assert_close(block.norm(dim=0), norms, atol=1e-5, rtol=0)
+            unit = block / norms
+            torch.testing.assert_close(unit.T @ unit, torch.eye(block.shape[1]), atol=1e-5, rtol=0)
+    # The single published draw (global RNG) is the first slice of a one-layer stack, block for block.
+    torch.manual_seed(5)
+    single = draw_orthogonal_features(head_size, num_features)
+    torch.manual_seed(5)
+    assert torch.equal(single, draw_orthogonal_feature_stack(1, head_size, num_features)[0])
+
+
+def test_supplied_projections_replace_one_train_mode_draw() -> None:
+    """In train mode a supplied stack is what the next forward uses (and stores) instead of drawing from the global
+    RNG; it is used once; eval mode with deterministic_eval drops it and keeps the stored projection."""
+    model = tiny_encoder(seed=18)
+    ids, mask = padded_batch()
+    stack = draw_orthogonal_feature_stack(2, 8, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stored = [m.weight.clone() for m in model.feature_maps()]
+        model.set_next_feature_projections(stack)
+        eval_out = model(ids, mask).last_hidden_state
+        assert all(torch.equal(m.weight, w) for m, w in zip(model.feature_maps(), stored))
+        model.train()
+        torch.manual_seed(3)
+        rng = torch.get_rng_state()
+        model.config.embedding_dropout_prob = model.config.hidden_dropout_prob = 0.0
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.set_next_feature_projections(stack)
+        supplied = model(ids, mask).last_hidden_state
+        assert torch.equal(torch.get_rng_state(), rng)  # no global draw
+        for layer, m in enumerate(model.feature_maps()):
+            assert torch.equal(m.weight, stack[layer])
+        model.eval()
+        assert torch.equal(model(ids, mask).last_hidden_state, supplied)  # the stored draw is the used one
+        assert not torch.allclose(supplied, eval_out, atol=1e-4)
+        model.train()
+        fresh = model(ids, mask).last_hidden_state  # nothing supplied: a global-RNG draw as published
+        assert not torch.equal(torch.get_rng_state(), rng) and not torch.allclose(fresh, supplied, atol=1e-4)
+    with pytest.raises(ValueError, match="expected"):
+        model.set_next_feature_projections(stack[:1])
 
 
 # --- determinism, padding, gradients --------------------------------------------------------------------------------

@@ -7,7 +7,18 @@ import pytest
 import torch
 
 from molinfluence.regressor import RegressorSpec, new_regressor
-from molinfluence.training import TrainConfig, TrainingDivergence, _validation_loss, evaluate, predict, train_regressor
+from molinfluence import training
+from molinfluence.training import (
+    DeviceSplit,
+    FeatureDraws,
+    TrainConfig,
+    TrainingDivergence,
+    _validation_loss,
+    evaluate,
+    length_batches,
+    predict,
+    train_regressor,
+)
 from molinfluence.tokenizer import encode_smiles
 
 
@@ -138,3 +149,105 @@ def test_config_errors_name_the_key():
         TrainConfig(lr=0)
     with pytest.raises(ValueError, match=r"train\.learning_rate is not a known option"):
         TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_length_batches_cover_every_row_once_are_seeded_and_pad_little(molecules):
+    lengths = [len(s) for s in molecules["smiles"]]  # any positive lengths
+    gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    batches = length_batches(lengths, 16, gen(3), chunk_batches=5)
+    rows = torch.cat(batches).tolist()
+    assert sorted(rows) == list(range(len(lengths)))
+    assert sum(b.numel() != 16 for b in batches) <= 1
+    assert all(torch.equal(a, b) for a, b in zip(batches, length_batches(lengths, 16, gen(3), chunk_batches=5)))
+    other = length_batches(lengths, 16, gen(4), chunk_batches=5)
+    assert any(not torch.equal(a, b) for a, b in zip(batches, other))
+    # Padding to each batch's longest wastes far less than padding to the split's longest.
+    padded = sum(max(lengths[i] for i in b.tolist()) * b.numel() for b in batches)
+    assert padded - sum(lengths) < 0.25 * (max(lengths) * len(lengths) - sum(lengths))
+
+
+def test_padding_to_the_batch_longest_does_not_change_predictions(tiny_encoder_dir, splits):
+    """The training loop pads each batch to its own longest molecule; in eval mode a molecule's prediction must be
+    the same as in a batch padded to the split's longest (the old behaviour) or alone."""
+    train, _, _ = splits
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    model.eval()
+    split = DeviceSplit.of(encode_smiles(tok, train["smiles"].tolist()), "cpu")
+    idx = torch.tensor([int(np.argmin(split.lengths)), 3, 5])
+    own = max(split.lengths[i] for i in idx.tolist())
+    with torch.no_grad():
+        tight = model(*split.batch(idx, own))
+        wide = model(*split.batch(idx, split.input_ids.shape[1]))
+        alone = torch.stack([model(*split.batch(idx[j : j + 1], split.lengths[int(idx[j])])) for j in range(3)]).squeeze(1)
+    assert own < split.input_ids.shape[1]
+    torch.testing.assert_close(tight, wide, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tight, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_feature_draws_are_fresh_per_step_and_reproducible(tiny_encoder_dir):
+    model, _ = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    draws = FeatureDraws(model, seed=1, epoch=2, device=torch.device("cpu"))
+    first, second = draws.next(), draws.next()
+    assert first.shape == (2, 8, 8) and not torch.allclose(first, second)
+    again = FeatureDraws(model, seed=1, epoch=2, device=torch.device("cpu"))
+    assert torch.equal(again.next(), first) and torch.equal(again.next(), second)
+    assert not torch.equal(FeatureDraws(model, seed=1, epoch=3, device=torch.device("cpu")).next(), first)
+
+
+def test_bf16_trains_to_finite_metrics_close_to_fp32(tiny_encoder_dir, splits):
+    train, val, test = splits
+    results = {}
+    for precision in ("fp32", "bf16"):
+        model, tok, cfg, result = _train(tiny_encoder_dir, train, val, epochs=3, precision=precision)
+        metrics, _ = evaluate(model, tok, test, cfg, "cpu")
+        assert np.isfinite(result.history.train_loss).all() and np.isfinite(metrics["rmse"])
+        results[precision] = (result.history, metrics)
+    (h32, m32), (h16, m16) = results["fp32"], results["bf16"]
+    np.testing.assert_allclose(h16.train_loss, h32.train_loss, rtol=0.05)
+    assert m16["rmse"] == pytest.approx(m32["rmse"], rel=0.05)
+    with pytest.raises(ValueError, match="train.precision"):
+        TrainConfig(precision="fp16")
+
+
+def test_eval_batch_size_auto_depends_on_the_device():
+    assert TrainConfig().eval_batch_size_for("cpu") == 64
+    assert TrainConfig().eval_batch_size_for("cuda") == 256
+    assert TrainConfig(eval_batch_size=7).eval_batch_size_for("cuda") == 7
+    with pytest.raises(ValueError, match="train.eval_batch_size"):
+        TrainConfig(eval_batch_size=0)
+
+
+def test_progress_in_a_log_file_is_lines_not_bar_redraws(tiny_encoder_dir, splits, monkeypatch, capsys):
+    """Under pytest stderr is not a terminal, like a rule's log: no tqdm bar, a line every CHECK_EVERY_STEPS steps
+    and one per epoch."""
+    train, val, _ = splits
+    monkeypatch.setattr(training, "CHECK_EVERY_STEPS", 2)
+    messages = []
+    cfg = TrainConfig(lr=3e-3, epochs=1, batch_size=16, seed=1)  # 5 steps
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    capsys.readouterr()  # loading the model has its own bar
+    train_regressor(model, tok, train, val, cfg, log=messages.append, progress=True)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "epoch 1/1" not in captured.err
+    assert [m.split(":")[0] for m in messages] == ["epoch 1 step 2/5", "epoch 1 step 4/5", "epoch 1"]
+
+
+def test_divergence_found_mid_epoch_names_the_batch(tiny_encoder_dir, splits, monkeypatch):
+    """The loss is read every CHECK_EVERY_STEPS steps: a non-finite loss in a later batch is named by its number."""
+    train, val, _ = splits
+    monkeypatch.setattr(training, "CHECK_EVERY_STEPS", 2)
+    cfg = TrainConfig(epochs=1, batch_size=16, seed=1)
+    batches = length_batches(
+        DeviceSplit.of(encode_smiles(_tok(tiny_encoder_dir), train["smiles"].tolist()), "cpu").lengths,
+        16,
+        torch.Generator().manual_seed(cfg.seed * 100_003 + 1),
+    )
+    bad = train.copy()
+    bad.loc[batches[2].tolist(), "label"] = 1e30  # the third batch of epoch 1 overflows
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    with pytest.raises(TrainingDivergence, match=r"epoch 1, batch 3"):
+        train_regressor(model, tok, bad, val, cfg, progress=False, log=lambda _: None)
+
+
+def _tok(encoder_dir):
+    return new_regressor(encoder_dir, RegressorSpec(), seed=0)[1]

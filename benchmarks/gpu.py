@@ -1,0 +1,442 @@
+"""Speed of the training loop and influence engine on whatever device is present, and the projected wall time of
+config.yaml's whole DAG from those figures (issue 10). All ratios are measured in the same run.
+
+    python benchmarks/gpu.py [--size xl|narrow|demo] [--data CSV] [--device auto|cpu|cuda[:N]] [--quick] [--threads N]
+
+``--size xl``: MoLFormer-XL's dimensions (hidden 768, 12 layers, 12 heads, intermediate 768, 32 random features,
+vocabulary 2362, max 202 tokens) with random weights (42.6 M parameters); ``narrow``: 12 layers of width 96 (the CPU
+comparison); ``demo``: examples/demo.yaml's tiny model. Data: ``<repo>/../shared/data/lipophilicity.csv`` (or
+``--data``) split 72/8/20 like config.yaml (3,024 training molecules), else synthetic SMILES of realistic lengths
+(said so in the output); the external pool is ``External-Dataset_for_Task2.csv`` beside it, else 294 held-out rows.
+``--quick`` caps the training split at 768 molecules and times fewer steps.
+
+Prints one table: the project's training step (``molinfluence.training.train_step``) at batch 16 and 64 in fp32 and
+bf16; ops launched per step (torch.profiler: leaf aten ops, and CUDA kernels on a GPU) for the project's step and a bare
+PyTorch step; one epoch through ``train_regressor`` against a bare PyTorch loop on the same batches (and against the
+same bare loop with every batch padded to the split's longest, as the loop did before issue 10); the fixed cost of a
+fine-tune job (a subprocess doing imports, device initialisation and model loading); an HVP on a LiSSA mini-batch and
+on the full training split; the default config's IHVP in full-split HVP equivalents; scoring the external pool; peak
+memory; and the projected wall time of config.yaml's DAG, with one fine-tune job per seed and with one per
+condition (all its seeds in one process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from molinfluence.config import validate_config  # noqa: E402
+from molinfluence.molformer import MolformerConfig, MolformerModel  # noqa: E402
+from molinfluence.regressor import MolformerRegressor, RegressorSpec, count_parameters, pick_device, save_regressor  # noqa: E402
+from molinfluence.tokenizer import build_smiles_tokenizer, encode_smiles  # noqa: E402
+from molinfluence.training import (  # noqa: E402
+    DeviceSplit,
+    FeatureDraws,
+    TrainConfig,
+    length_batches,
+    make_optimizer,
+    train_regressor,
+    train_step,
+)
+
+SIZES = {
+    "xl": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=768, num_random_features=32),
+    "narrow": dict(hidden_size=96, num_hidden_layers=12, num_attention_heads=12, intermediate_size=96, num_random_features=32),
+    "demo": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_random_features=16),
+}
+XL_VOCAB = 2362
+EXTERNAL_POOL = 294
+ATOMS = ["C", "C", "C", "c", "c", "c", "N", "O", "(", ")", "=", "1", "2", "F", "Cl", "n", "S", "[nH]", "Br"]
+
+
+def influence_api() -> dict[str, Any]:
+    """The influence engine's entry points used here, in one place (the package layout may change)."""
+    from molinfluence.influence import Batch, IHVPResult, InfluenceArgs, SubsetObjective, hvp, score_samples
+
+    return dict(Batch=Batch, IHVPResult=IHVPResult, InfluenceArgs=InfluenceArgs, SubsetObjective=SubsetObjective,
+                hvp=hvp, score_samples=score_samples)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data and model
+
+
+def synthetic_smiles(n: int, rng: np.random.Generator) -> list[str]:
+    """Token strings with Lipophilicity's length profile (mean ~47 tokens, long tail); not chemistry, only lengths."""
+    lengths = np.clip(rng.lognormal(mean=np.log(44), sigma=0.32, size=n), 8, 200).astype(int)
+    return ["".join(rng.choice(ATOMS, size=k)) for k in lengths]
+
+
+def load_tables(data: Path, quick: bool) -> tuple[dict[str, pd.DataFrame], str]:
+    rng = np.random.default_rng(0)
+    if data.is_file():
+        raw = pd.read_csv(data)
+        cols = {c.lower(): c for c in raw.columns}
+        frame = raw[[cols["smiles"], cols["label"]]].set_axis(["smiles", "label"], axis=1)
+        source = f"{data} ({len(frame)} molecules)"
+    else:
+        frame = pd.DataFrame({"smiles": synthetic_smiles(4200, rng), "label": rng.normal(2.2, 1.2, 4200)})
+        source = f"{data} not found: 4200 synthetic SMILES of Lipophilicity-like token lengths"
+    frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    n_test = round(0.2 * len(frame))
+    n_val = round(0.1 * (len(frame) - n_test))
+    tables = {
+        "test": frame.iloc[:n_test],
+        "validation": frame.iloc[n_test : n_test + n_val],
+        "train": frame.iloc[n_test + n_val :],
+    }
+    external = data.parent / "External-Dataset_for_Task2.csv"
+    if external.is_file():
+        raw = pd.read_csv(external)
+        cols = {c.lower(): c for c in raw.columns}
+        tables["external"] = raw[[cols["smiles"], cols["label"]]].set_axis(["smiles", "label"], axis=1)
+    else:
+        tables["external"] = tables["test"].iloc[:EXTERNAL_POOL]
+    if quick:
+        tables["train"] = tables["train"].iloc[:768]
+        tables["validation"] = tables["validation"].iloc[:128]
+    return {k: v.reset_index(drop=True) for k, v in tables.items()}, source
+
+
+def build_model(size: str, tokenizer: Any, seed: int = 0) -> MolformerRegressor:
+    torch.manual_seed(seed)
+    vocab = max(len(tokenizer), XL_VOCAB if size == "xl" else 0)
+    config = MolformerConfig(vocab_size=vocab, deterministic_eval=True, **SIZES[size])
+    return MolformerRegressor(MolformerModel(config), RegressorSpec()).eval()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Timing helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> float:
+    """Fastest of ``repeats`` wall-clock timings of ``fn`` (device work included)."""
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (torch.cuda.max_memory_allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
+
+
+class Steps:
+    """Runs the project's step or a bare PyTorch step over a fixed list of batches on one model copy."""
+
+    def __init__(self, base: MolformerRegressor, split: DeviceSplit, batches: list[torch.Tensor], cfg: TrainConfig,
+                 device: torch.device, bare: bool = False, pad_to: int | None = None) -> None:
+        self.model = copy.deepcopy(base).to(device).train()
+        self.split, self.cfg, self.device, self.bare = split, cfg, device, bare
+        self.batches = batches
+        self.widths = [pad_to or max(split.lengths[i] for i in b.tolist()) for b in batches]
+        self.host_ids = split.input_ids.cpu()
+        self.host_mask = split.attention_mask.cpu()
+        self.host_y = split.labels.cpu()
+        if bare:  # what a plain loop does: default AdamW, the model's own per-layer redraws, batches copied per step
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = make_optimizer(self.model, cfg, device)
+            self.draws = FeatureDraws(self.model, cfg.seed, 1, device)
+            self.order = torch.cat(batches).to(device)
+            self.starts = np.cumsum([0] + [b.numel() for b in batches]).tolist()
+        self.i = 0
+
+    def step(self) -> None:
+        b = self.i % len(self.batches)
+        self.i += 1
+        if self.bare:
+            idx, w = self.batches[b], self.widths[b]
+            ids = self.host_ids[idx, :w].to(self.device)
+            mask = self.host_mask[idx, :w].to(self.device)
+            y = self.host_y[idx].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                pred = self.model(ids, mask)
+            loss = (pred.float() - y).square().mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        else:
+            idx = self.order[self.starts[b] : self.starts[b + 1]]
+            ids, mask = self.split.batch(idx, self.widths[b])
+            train_step(self.model, self.optimizer, ids, mask, self.split.labels.index_select(0, idx), None,
+                       self.draws.next(), self.cfg, self.device)
+
+    def epoch(self) -> None:
+        for _ in self.batches:
+            self.step()
+
+    def close(self) -> None:
+        if not self.bare:
+            self.draws.close()
+
+
+METADATA_OPS = {
+    "aten::view", "aten::as_strided", "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::resolve_conj",
+    "aten::resolve_neg", "aten::_unsafe_view", "aten::_reshape_alias", "aten::reshape", "aten::t", "aten::transpose",
+    "aten::expand", "aten::slice", "aten::select", "aten::unsqueeze", "aten::squeeze", "aten::permute", "aten::detach",
+    "aten::alias", "aten::split", "aten::chunk", "aten::unbind", "aten::lift_fresh", "aten::resize_", "aten::result_type",
+    "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::numpy_T", "aten::split_with_sizes",
+}
+"""Ops that only make or reshape tensor metadata (no kernel on a GPU)."""
+
+
+def ops_per_step(steps: Steps, n: int = 3) -> tuple[float, float]:
+    """(dispatched compute ops, CUDA kernels) per step over ``n`` profiled steps, after one warm-up step.
+
+    A dispatched op is an aten op not called from inside another aten op (``aten::linear``, not the ``addmm`` it
+    calls; ``_foreach_lerp_``, not the per-tensor ``lerp_`` of its CPU fallback), minus metadata-only ops: about one
+    kernel launch each on a GPU, so the count compares launch overhead between step variants on a CPU too."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps.step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if steps.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(n):
+            steps.step()
+        sync(steps.device)
+    events = prof.events()
+
+    def dispatched(e) -> bool:
+        parent = e.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return False
+            parent = parent.cpu_parent
+        return True
+
+    cpu = torch.autograd.DeviceType.CPU
+    ops = sum(1 for e in events if e.device_type == cpu and e.name.startswith("aten::")
+              and e.name not in METADATA_OPS and dispatched(e))
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return ops / n, kernels / n
+
+
+def bare_eval(model: torch.nn.Module, split: DeviceSplit, device: torch.device, batch_size: int = 64) -> None:
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            w = max(split.lengths[start : start + batch_size])
+            model(split.input_ids[start : start + batch_size, :w], split.attention_mask[start : start + batch_size, :w])
+    model.train()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fixed cost of a job
+
+
+JOB_CODE = """
+import sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {repo!r})
+import torch
+from molinfluence.regressor import load_regressor, pick_device
+from molinfluence.training import train_regressor, evaluate
+device = pick_device({device!r})
+torch.zeros(1, device=device).sum().item()
+model, tok = load_regressor({model!r}, device=device)
+"""
+
+
+def job_fixed_cost(model: MolformerRegressor, tokenizer: Any, device: torch.device, repeats: int) -> float:
+    """Wall time of a fresh interpreter that imports the package, initialises the device and loads the model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_regressor(copy.deepcopy(model).cpu(), tokenizer, Path(tmp) / "model")
+        code = JOB_CODE.format(repo=str(REPO), device=str(device), model=str(Path(tmp) / "model"))
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DAG projection
+
+
+def finetune_conditions(config: dict[str, Any], n_external: int) -> list[int]:
+    """Molecules added by each fine-tune condition (init, strategy, k), enumerated as the workflow's grid does: per
+    init a no-data control, ``all``/``weighted`` once (the whole pool), other strategies once per k. Each condition
+    trains ``finetune.seeds`` runs."""
+    ft, sel = config["finetune"], config["selection"]
+    added = []
+    for _ in ft["inits"]:
+        added.append(0)
+        for strategy in sel["strategies"]:
+            added.extend([n_external] if strategy in ("all", "weighted") else list(sel["k"]))
+    return added
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="xl")
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "lipophilicity.csv")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="768 training molecules, fewer timed steps")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    reps = 2 if args.quick else 3
+    timed_steps = 5 if args.quick else 20
+    rows: list[tuple[str, str]] = []
+
+    def row(what: str, value: str) -> None:
+        rows.append((what, value))
+        print(f"  {what}: {value}", file=sys.stderr, flush=True)
+
+    tables, source = load_tables(args.data, args.quick)
+    tokenizer = build_smiles_tokenizer(pd.concat([t["smiles"] for t in tables.values()]))
+    base = build_model(args.size, tokenizer)
+    enc = {k: encode_smiles(tokenizer, t["smiles"].tolist(), max_length=202) for k, t in tables.items()}
+    labels = {k: torch.tensor(t["label"].to_numpy(np.float32)) for k, t in tables.items()}
+    train_split = DeviceSplit.of(enc["train"], device, labels["train"])
+    val_split = DeviceSplit.of(enc["validation"], device, labels["validation"])
+    n_train = len(train_split)
+    lengths = np.array(train_split.lengths)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {device_name}; torch {torch.__version__}; model: --size {args.size}, {count_parameters(base) / 1e6:.2f} M "
+          f"parameters; data: {source}; training split {n_train} molecules, tokens mean {lengths.mean():.0f}, "
+          f"95th percentile {np.percentile(lengths, 95):.0f}, max {lengths.max()}", flush=True)
+
+    # 1. The project's step at batch 16/64, fp32/bf16.
+    step_ms: dict[tuple[int, str], float] = {}
+    for bs in (16, 64):
+        batches = length_batches(train_split.lengths, bs, torch.Generator().manual_seed(1))
+        for precision in ("fp32", "bf16"):
+            steps = Steps(base, train_split, batches, TrainConfig(batch_size=bs, precision=precision), device)
+            for _ in range(3):
+                steps.step()
+            k = min(timed_steps, len(batches))
+            ms = 1e3 * seconds(lambda: [steps.step() for _ in range(k)], device, reps) / k
+            steps.close()
+            step_ms[bs, precision] = ms
+            row(f"training step, batch {bs}, {precision} (project's train_step, batches padded to their longest)",
+                f"{ms:.1f} ms ({bs / ms * 1e3:.0f} molecules/s)")
+
+    # 2. Ops per step: project vs bare.
+    batches16 = length_batches(train_split.lengths, 16, torch.Generator().manual_seed(1))
+    cfg16 = TrainConfig(batch_size=16)
+    for label, bare in (("project's step", False), ("bare PyTorch step", True)):
+        steps = Steps(base, train_split, batches16, cfg16, device, bare=bare)
+        leaf, kernels = ops_per_step(steps)
+        steps.close()
+        row(f"ops per step, batch 16, {label}",
+            f"{leaf:.0f} dispatched compute ops" + (f", {kernels:.0f} CUDA kernels" if device.type == "cuda" else ""))
+
+    # 3. One epoch: train_regressor vs a bare loop on the same batches (both with a validation pass).
+    cfg = TrainConfig(epochs=1, batch_size=16, device=str(device), seed=0)
+    epoch_batches = length_batches(train_split.lengths, 16, torch.Generator().manual_seed(cfg.seed * 100_003 + 1))
+    ours_s = call_s = bare_s = wide_s = math.inf
+    for _ in range(reps):  # alternate, best of each: neither side gets the warm caches alone
+        model = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        result = train_regressor(model, tokenizer, tables["train"], tables["validation"], cfg, progress=False,
+                                 log=lambda _: None)
+        call_s = min(call_s, time.perf_counter() - t0)
+        ours_s = min(ours_s, float(result.history.seconds.iloc[0]))
+        bare = Steps(base, train_split, epoch_batches, cfg, device, bare=True)
+        bare_s = min(bare_s, seconds(lambda: (bare.epoch(), bare_eval(bare.model, val_split, device)), device))
+    wide = Steps(base, train_split, epoch_batches, cfg, device, bare=True, pad_to=train_split.input_ids.shape[1])
+    wide_s = seconds(lambda: (wide.epoch(), bare_eval(wide.model, val_split, device)), device)
+    row("epoch through train_regressor (steps + validation), batch 16 fp32",
+        f"{ours_s:.2f} s ({n_train / ours_s:.0f} molecules/s); whole call incl. tokenising {call_s:.2f} s")
+    row("same epoch, bare PyTorch loop on the same batches", f"{bare_s:.2f} s ({n_train / bare_s:.0f} molecules/s)")
+    row("  ratio train_regressor / bare", f"{ours_s / bare_s:.2f}")
+    row(f"same bare loop, every batch padded to the split's longest ({train_split.input_ids.shape[1]}; the pre-issue-10 loop)",
+        f"{wide_s:.2f} s; ratio to train_regressor {wide_s / ours_s:.2f}x")
+    mol_per_s = n_train / ours_s
+
+    # 4. Fixed cost of a fine-tune job.
+    fixed_s = job_fixed_cost(base, tokenizer, device, 1 if args.quick else 2)
+    row("fixed cost of a fine-tune job (new process: imports, device init, model load)", f"{fixed_s:.2f} s")
+
+    # 5. Influence: HVPs, IHVP projection, scoring.
+    api = influence_api()
+    config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    inf_args = api["InfluenceArgs"].from_dict(config["influence"])
+    trained = copy.deepcopy(model).to(device).eval()
+    batch = {k: api["Batch"](enc[k].input_ids, enc[k].attention_mask, labels[k], name=k) for k in ("train", "external")}
+    obj = api["SubsetObjective"](trained, inf_args.params, inf_args.torch_dtype)
+    vec = torch.randn(obj.numel, generator=torch.Generator().manual_seed(0)).to(obj.device, obj.dtype)
+    mini = batch["train"].subset(torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[: inf_args.batch_size])
+    mini_s = seconds(lambda: api["hvp"](obj, mini, vec, inf_args.hvp_mode, inf_args.batch_size), device, reps + 2)
+    full_s = seconds(lambda: api["hvp"](obj, batch["train"], vec, inf_args.hvp_mode, inf_args.batch_size), device)
+    row(f"HVP on a LiSSA mini-batch of {inf_args.batch_size} ({inf_args.hvp_mode}, params={inf_args.params})", f"{mini_s * 1e3:.0f} ms")
+    row(f"HVP over the whole training split ({n_train} molecules)", f"{full_s:.2f} s")
+    n_full = 3024 if args.quick else n_train  # project to the real split size
+    full_real_s = full_s * n_full / n_train
+    power = 2 * inf_args.power_iters
+    lissa_s = inf_args.depth * inf_args.repeats * mini_s
+    ihvp_equiv = power + lissa_s / full_real_s
+    ihvp_s = power * full_real_s + lissa_s
+    row("IHVP of config.yaml (at most)", f"{ihvp_equiv:.0f} full-split HVP equivalents ({power} power-iteration HVPs + "
+        f"{inf_args.depth}x{inf_args.repeats} LiSSA steps) = {ihvp_s / 60:.1f} min")
+    ihvp = api["IHVPResult"](ihvp={n: torch.randn(s, generator=torch.Generator().manual_seed(1)).cpu()
+                                   for n, s in zip(obj.names, obj.shapes)}, stats={}, args={})
+    score_s = seconds(lambda: api["score_samples"](trained, ihvp, batch["external"], inf_args.score_batch_size), device, reps)
+    row(f"scoring the external pool ({len(batch['external'])} molecules, batches of {inf_args.score_batch_size})", f"{score_s:.2f} s")
+    row("peak memory", peak_memory(device))
+
+    # 6. Projection of config.yaml's DAG.
+    n_ext = len(tables["external"])
+    real_train = 3024 if args.quick else n_train
+
+    def train_job(n: int, epochs: int) -> float:
+        return fixed_s + epochs * n / mol_per_s
+
+    base_s = train_job(real_train, config["train"]["epochs"])
+    conditions = finetune_conditions(config, n_ext)
+    seeds, ft_epochs = len(config["finetune"]["seeds"]), config["finetune"]["epochs"]
+    epochs_s = seeds * sum(ft_epochs * (real_train + added) / mol_per_s for added in conditions)
+    per_seed_jobs = epochs_s + len(conditions) * seeds * fixed_s
+    per_condition_jobs = epochs_s + len(conditions) * fixed_s
+    rest = base_s + ihvp_s + score_s + 2 * fixed_s
+    row("projected train_base (no early stop)", f"{base_s:.0f} s")
+    row(f"projected fine-tune grid: {len(conditions)} conditions x {seeds} seeds x {ft_epochs} epochs (no early stop)",
+        f"{epochs_s / 60:.1f} min of epochs; + job starts: {per_seed_jobs / 60:.1f} min with one job per seed, "
+        f"{per_condition_jobs / 60:.1f} min with one job per condition")
+    row("projected config.yaml DAG (train_base + IHVP + scoring + fine-tunes, sequential on this device)",
+        f"{(rest + per_seed_jobs) / 60:.1f} min (job per seed), {(rest + per_condition_jobs) / 60:.1f} min (job per condition)")
+
+    width = max(len(w) for w, _ in rows)
+    print(f"\n{'what'.ljust(width)} | measured")
+    print(f"{'-' * width}-|-{'-' * 40}")
+    for what, value in rows:
+        print(f"{what.ljust(width)} | {value}")
+
+
+if __name__ == "__main__":
+    main()
