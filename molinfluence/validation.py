@@ -63,7 +63,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import from_section
-from .influence import Batch, InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
+from .influence import Batch, FeatureBatch, InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
 
 __all__ = [
     "ValidationArgs",
@@ -335,27 +335,22 @@ def full_effects(
 
 
 class FrozenFeatureHead(nn.Module):
-    """The regressor with its encoder frozen: its head applied to cached head inputs.
+    """The regressor with its encoder frozen: a copy of its head applied to cached head inputs (float64).
 
-    ``features`` (a buffer) holds one row per sample; the model's "token ids" are the row numbers, shape (B, 1), so it
-    satisfies the ``model(input_ids, attention_mask) -> (B,)`` contract of :mod:`molinfluence.influence` and its
-    parameters are named ``head.weight`` and ``head.bias`` like the regressor's (``influence.params: head``).
+    It plugs into :mod:`molinfluence.influence` through the same seam as the regressor: ``model(features) -> (B,)``
+    on a :class:`~molinfluence.influence.FeatureBatch`, the parameter group ``"head"`` (``head.weight``,
+    ``head.bias``, the regressor's names).
     """
 
-    def __init__(self, features: torch.Tensor, head: nn.Linear) -> None:
+    def __init__(self, head: nn.Linear) -> None:
         super().__init__()
-        if features.dim() != 2 or features.shape[1] != head.in_features:
-            raise ValueError(f"features must have shape (N, {head.in_features}), got {tuple(features.shape)}")
-        self.register_buffer("features", features)
-        self.head = copy.deepcopy(head).to(features.device, features.dtype)
+        self.head = copy.deepcopy(head).to("cpu", torch.float64)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features[input_ids[:, 0]]).squeeze(-1)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).squeeze(-1)
 
-    def rows(self, start: int, labels: torch.Tensor, name: str) -> Batch:
-        """The rows ``start … start + len(labels) − 1`` of ``features`` as a :class:`Batch` for this module."""
-        ids = torch.arange(start, start + len(labels)).unsqueeze(1)
-        return Batch(ids, torch.ones_like(ids), labels, name=name)
+    def influence_param_prefixes(self, spec: str) -> list[str] | None:
+        return ["head"] if spec == "head" else None
 
 
 @torch.no_grad()
@@ -470,15 +465,14 @@ def convex_reference(
     head-only ``score`` at θ*₀; ``stats`` the damping, both IHVPs' diagnostics and the solver's convergence.
     """
     args = InfluenceArgs.from_dict({**(influence.to_dict() if isinstance(influence, InfluenceArgs) else influence), "params": "head"})
-    n, n_t = len(train), len(target)
+    n = len(train)
     ids = list(range(len(samples))) if ext_index is None else [int(i) for i in ext_index]
-    features = torch.cat([head_inputs(model, train), head_inputs(model, target), head_inputs(model, samples)])
-    frozen = FrozenFeatureHead(features, model.head)
-    rows_train = frozen.rows(0, train.labels, "train")
-    rows_target = frozen.rows(n, target.labels, target.name)
-    rows_samples = frozen.rows(n + n_t, samples.labels, samples.name)
-    x, x_t, x_s = features[:n], features[n : n + n_t], features[n + n_t :]
+    x, x_t, x_s = head_inputs(model, train), head_inputs(model, target), head_inputs(model, samples)
     y, y_t, y_s = (b.labels.to(torch.float64) for b in (train, target, samples))
+    frozen = FrozenFeatureHead(model.head)
+    rows_train = FeatureBatch(x, y, name="train")
+    rows_target = FeatureBatch(x_t, y_t, name=target.name)
+    rows_samples = FeatureBatch(x_s, y_s, name=samples.name)
 
     theta_base = _flat_head(frozen.head)
     at_base = compute_ihvp(frozen, rows_train, rows_target, args, progress=progress)

@@ -20,7 +20,7 @@ import torch
 import yaml
 from scipy import stats
 
-from molinfluence.influence import Batch, InfluenceArgs, compute_ihvp
+from molinfluence.influence import Batch, FeatureBatch, InfluenceArgs, compute_ihvp
 from molinfluence.regressor import RegressorSpec, encode_frame, new_regressor
 from molinfluence.validation import (
     FrozenFeatureHead,
@@ -159,16 +159,16 @@ def test_full_effects_are_deterministic_and_leave_the_model_alone(tiny):
 def test_frozen_feature_head_is_the_model_with_its_encoder_frozen(tiny):
     """Cached head inputs reproduce the model's predictions, and its head-only IHVP is the model's (exact solves)."""
     model, train, target, _, _ = tiny
-    features = torch.cat([head_inputs(model, train), head_inputs(model, target)])
-    frozen = FrozenFeatureHead(features, model.head)
-    rows_train = frozen.rows(0, train.labels, "train")
+    frozen = FrozenFeatureHead(model.head)
+    rows_train = FeatureBatch(head_inputs(model, train), train.labels.double(), name="train")
+    rows_target = FeatureBatch(head_inputs(model, target), target.labels.double(), name="validation")
     with torch.no_grad():
         direct = model(train.input_ids, train.attention_mask).double()
-        cached = frozen(rows_train.input_ids, rows_train.attention_mask)
+        cached = frozen(*rows_train.inputs)
     torch.testing.assert_close(cached, direct, rtol=1e-6, atol=1e-6)
     args = {"method": "exact", "params": "head"}
     reference = compute_ihvp(model, train, target, args, progress=False)
-    ours = compute_ihvp(frozen, rows_train, frozen.rows(len(train), target.labels, "validation"), args, progress=False)
+    ours = compute_ihvp(frozen, rows_train, rows_target, args, progress=False)
     assert ours.param_names == reference.param_names == ["head.weight", "head.bias"]
     for name in ours.ihvp:
         torch.testing.assert_close(ours.ihvp[name].float(), reference.ihvp[name].float(), rtol=1e-4, atol=1e-6)
@@ -176,7 +176,7 @@ def test_frozen_feature_head_is_the_model_with_its_encoder_frozen(tiny):
 
 @pytest.fixture(scope="module")
 def convex(tiny):
-    """The convex setting with the default estimator (lissa, damping 0.01) and two seeds."""
+    """The convex setting with the default estimator (CG on Gauss–Newton, damping 0.01) and two seeds."""
     model, train, target, samples, table = tiny
     effects, scores, stats_ = convex_reference(model, train, target, samples, InfluenceArgs(), [0, 1], table.ext_index)
     return effects, scores, stats_
@@ -228,7 +228,7 @@ def test_convex_setting_predicts_the_measured_effect(tiny, convex):
     assert summary["spearman"]["estimate"] >= 0.9
     assert summary["pearson"]["estimate"] >= 0.9
     assert 0.8 < summary["scale_ratio"] < 1.2  # the score also has the right size: Δ ≈ I(z)/n
-    assert st["ihvp"]["method"] == "lissa" and st["ihvp"]["damping"] == 0.01
+    assert st["ihvp"]["method"] == "cg" and st["ihvp"]["damping"] == 0.01
     # the measurement noise is reported, and in the convex setting it is the solver's precision: negligible
     noise = summary["noise"]
     assert noise["delta_sd_max"] is not None and noise["delta_sd_max"] < 1e-3 * noise["actual_sd_across_samples"]

@@ -133,10 +133,10 @@ def compute_ihvp(
         elif args.method == "ekfac":
             from .ekfac import ekfac_ihvp  # kronfluence is imported only when EK-FAC is asked for
 
-            result, eigs, names, extra = ekfac_ihvp(model, obj, train, v, args, progress)
+            result, eigs, names, extra, products = ekfac_ihvp(model, obj, train, v, args, progress)
             lam = eigs.absolute_damping(args.damping)
             spectrum = eigs.to_dict(args.damping)
-            op.rows += eigs.iterations * (eigs.rows or len(train))
+            op.rows += round(products * len(train))
         else:
             eigs = estimate_spectrum(op, train, obj.numel, obj.theta0, args.spectrum_iters, args.spectrum_samples,
                                      args.seed, progress)
