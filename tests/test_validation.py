@@ -29,8 +29,12 @@ from molinfluence.validation import (
     ValidationArgs,
     build_report,
     choose_samples,
+    check_estimators,
     chunk_rows,
+    compare_estimators,
     convex_reference,
+    estimator_table,
+    topk_overlap_with_ci,
     correlation_with_ci,
     full_effects,
     head_inputs,
@@ -312,6 +316,55 @@ def test_report_puts_both_settings_on_the_score_per_sample_scale(tiny, convex):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Estimators compared on the same samples against the same retraining
+
+
+def test_topk_overlap_counts_the_shared_most_helpful_samples():
+    x = np.arange(10.0)
+    assert topk_overlap_with_ci(x, x, 3, n_boot=200)["estimate"] == 1.0
+    assert topk_overlap_with_ci(x, -x, 3, n_boot=200)["estimate"] == 0.0
+    y = x.copy()
+    y[[0, 5]] = y[[5, 0]]  # the most helpful by prediction is only 6th measured
+    out = topk_overlap_with_ci(x, y, 3, n_boot=300, seed=1)
+    assert out["estimate"] == pytest.approx(2 / 3) and out["k"] == 3
+    assert 0.0 <= out["ci"][0] <= out["estimate"] <= out["ci"][1] <= 1.0
+
+
+def test_estimator_specs_name_the_bad_entry():
+    with pytest.raises(ValueError, match=r"validation\.estimators\[1\]: the name 'a' is used twice"):
+        check_estimators([{"name": "a"}, {"name": "a"}])
+    with pytest.raises(ValueError, match=r"validation\.estimators\[0\] \(a\): influence\.methd is not a known option"):
+        check_estimators([{"name": "a", "methd": "cg"}])
+    with pytest.raises(ValueError, match=r"validation\.estimators\[0\] must be a mapping with a name"):
+        ValidationArgs.from_dict({"estimators": [{"method": "cg"}]})
+
+
+def test_estimators_are_compared_on_the_same_samples_and_runs(tiny, convex):
+    """Each estimator scores the chosen samples on the base model; the table puts every one (and the pipeline's own
+    scores) against the same measured effects; an estimator that refuses keeps its row with the reason."""
+    model, train, target, samples, table = tiny
+    effects, _, _ = convex
+    specs = [{"name": "gn_cg_head", "params": "head"}, {"name": "gn_cg_all", "params": "all", "cg_iters": 8},
+             {"name": "hessian_tiny_damping", "curvature": "hessian", "damping": 1e-9}]
+    scores, st = compare_estimators(model, train, target, samples, {}, specs, table.ext_index.tolist())
+    assert set(scores.estimator) <= {"gn_cg_head", "gn_cg_all", "hessian_tiny_damping"}
+    assert scores.groupby("estimator").size().eq(len(table)).all()
+    chosen = table.assign(score=scores[scores.estimator == "gn_cg_head"].score.to_numpy(), rank=range(len(table)),
+                          quantile=0.0)
+    out = estimator_table(chosen, len(train), effects, scores, st, {"method": "cg", "params": "head"}, k=3, n_boot=200)
+    assert out.estimator.tolist() == ["pipeline", "gn_cg_head", "gn_cg_all", "hessian_tiny_damping"]
+    ok = out[out.refused.isna()]
+    assert ok.pearson.between(-1, 1).all() and ok.topk_overlap.between(0, 1).all()
+    assert (ok.pearson_ci_low <= ok.pearson).all() and (ok.pearson <= ok.pearson_ci_high).all()
+    # the pipeline row and the identical estimator agree exactly: same scores, same runs
+    assert out.pearson.iloc[0] == pytest.approx(out.pearson.iloc[1])
+    assert ok.hvp_full_equivalents.iloc[1:].gt(0).all()
+    refused = out.set_index("estimator").loc["hessian_tiny_damping"]
+    # the random tiny model's Hessian is indefinite: at a 1e-9 relative damping it is refused, with the reason
+    assert isinstance(refused.refused, str) and "influence.damping" in refused.refused and pd.isna(refused.pearson)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Workflow: planned only when enabled; the demo's results
 
 
@@ -345,6 +398,7 @@ def test_stage_is_planned_only_when_enabled(tmp_path):
     on = _planned(config, tmp_path / "on")
     assert {rule: n for rule, n in on.items() if rule.startswith("validate")} == {
         "validate_choose": 1, "validate_baseline": 2, "validate_full": 3, "validate_convex": 1, "validate_influence": 1,
+        "validate_estimators": 1,
     }
 
 
@@ -398,5 +452,5 @@ def test_validation_reruns_only_what_a_change_touches(demo, tmp_path):
     finally:
         module.write_bytes(original)
     assert plan == {"validate_choose": 1, "validate_baseline": len(seeds), "validate_full": chunks,
-                    "validate_convex": 1, "validate_influence": 1, "all": 1}
+                    "validate_convex": 1, "validate_estimators": 1, "validate_influence": 1, "all": 1}
     assert demo.planned() == {}
