@@ -89,6 +89,7 @@ __all__ = [
     "compare_estimators",
     "topk_overlap_with_ci",
     "estimator_table",
+    "load_inputs",
 ]
 
 EVAL_BATCH_SIZE = 64
@@ -724,6 +725,23 @@ def summarize_setting(
         "noise": noise,
     }
     return summary, table
+
+
+def load_inputs(
+    model_dir: str, device: str, train_csv: str, target_csv: str, target_name: str, chosen_csv: str, truncation: bool
+) -> tuple[nn.Module, Batch, Batch, Batch, pd.DataFrame]:
+    """What the convex and estimator jobs start from: the base model on its device, the training, target and chosen
+    splits as batches (tokenised as the model was trained), and the chosen table."""
+    from .regressor import encode_frame, load_regressor, pick_device
+
+    model, tokenizer = load_regressor(model_dir, device=pick_device(device))
+
+    def batch(frame: pd.DataFrame, name: str) -> Batch:
+        return Batch(*encode_frame(tokenizer, frame, model.spec.max_length, truncation), name=name)
+
+    chosen = pd.read_csv(chosen_csv)
+    return (model, batch(pd.read_csv(train_csv), "train"), batch(pd.read_csv(target_csv), target_name),
+            batch(chosen, "chosen"), chosen)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class InfluenceArgs:
     batch_size: int = 32
     tolerance: float = 5e-5
     patience: int = 10
-    cg_iters: int = 16
+    cg_iters: int = 14
     cg_tolerance: float = 1e-3
     chunk_size: int = 32
     spectrum_iters: int = 30

@@ -6,8 +6,9 @@ the Krylov space ``span{u, Cu, …, C^{k−1}u}`` and the eigenvalues of its tri
 the smallest and the largest converge to λ_min(C) and λ_max(C) together, whichever is larger in magnitude. Ritz values
 lie inside the spectrum, so ``bottom ≥ λ_min`` and ``top ≤ λ_max`` always hold; a negative ``bottom`` proves C
 indefinite. The Lanczos vectors are fully re-orthogonalised (k ≤ a few dozen vectors), so no ghost copies appear.
-The run stops when the residual bound ``β_k |e_kᵀ y|`` of both extreme Ritz pairs is below ``rtol × max|θ|`` (then
-each is within that distance of an eigenvalue) or the Krylov space is exhausted (then they are exact).
+The run stops, after at least ``MIN_STEPS`` steps, when the residual bound ``β_k |e_kᵀ y|`` of each extreme Ritz pair
+is below ``rtol`` times its own value (floored at 1 % of the largest magnitude), so each end is within that relative
+distance of an eigenvalue; or when the Krylov space is exhausted (then they are exact).
 
 On a large training split the products use a seeded subsample of its rows (``influence.spectrum_samples``): the
 spectrum only sets the damping's scale and the LiSSA scale, which need a few digits, not the whole split.
@@ -27,6 +28,7 @@ from .args import InfluenceDivergence, negative_curvature
 from .curvature import CurvatureOperator
 
 LANCZOS_RTOL = 1e-3
+MIN_STEPS = 8  # never stop before this many steps: a Krylov space that small can miss an isolated extreme eigenvalue
 
 
 @dataclass
@@ -102,8 +104,10 @@ def lanczos(
             lo, hi = float(evals[0]), float(evals[-1])
             bar.update(1)
             size = max(abs(lo), abs(hi), 1e-300)
-            bound = beta * max(abs(float(evecs[-1, 0])), abs(float(evecs[-1, -1])))
-            if beta <= 1e-10 * size or bound <= rtol * size:
+            # Residual bound of each extreme Ritz pair, relative to its own value (floored at 1 % of the spectrum's
+            # size: a λ_min near 0 need not be resolved below the smallest damping that is ever used).
+            ok = all(beta * abs(float(evecs[-1, j])) <= rtol * max(abs(float(evals[j])), 1e-2 * size) for j in (0, -1))
+            if beta <= 1e-10 * size or (ok and k >= min(MIN_STEPS, iters)):
                 converged = True
                 break
             if k == iters or len(basis) >= start.numel():

@@ -158,7 +158,7 @@ rule validate_estimators:
     params:
         py=PY,
         influence=jarg({k: v for k, v in INF.items() if k != "target"}),
-        estimators=jarg(VAL["estimators"]),
+        estimators=jarg({"estimators": VAL["estimators"]}),
         target=TARGET_SPLIT,
         device=config["train"]["device"],
         truncation=TRUNCATION,
