@@ -44,6 +44,14 @@ Correlations: Pearson (linear agreement of Δ̂ and the mean Δ over seeds) and 
 what a top-k selection needs), each with a seeded percentile bootstrap interval over the samples. The ``scale_ratio``
 (least squares through the origin of Δ on Δ̂) says whether the score also has the right size: 1 is exact.
 
+Estimators compared: every entry of ``validation.estimators`` (the influence section with the entry's keys on top, e.g.
+Hessian LiSSA on the head, Gauss–Newton LiSSA or CG on all parameters, EK-FAC) scores the same chosen samples on the
+base model; each is compared with the same measured effects of the ``full`` setting by Pearson, Spearman and the
+overlap of the k most helpful (predicted vs measured), each with its bootstrap interval (:func:`estimator_table`).
+Spearman is inflated by the factor 2(f(z) − y) that every estimator shares; Pearson and the top-k overlap separate
+them. On CUDA the retraining runs with deterministic algorithms, and each sample job reruns the baseline so that the
+noise of a run pair is measured (``noise.pair_noise_max``); on CPU the pair is bit-reproducible.
+
 Nothing here imports snakemake; :mod:`scripts` ``validate_*.py`` are thin CLIs over these functions.
 """
 
