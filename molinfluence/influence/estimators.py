@@ -23,7 +23,7 @@ from .curvature import CurvatureOperator, exact_curvature
 from .io import IHVPResult
 from .scoring import directional_scores
 from .solvers import SolveResult, cg, dense_solve, lissa
-from .spectrum import EigenEstimate, estimate_spectrum
+from .spectrum import estimate_spectrum
 from .task import Rows, SubsetObjective, eval_mode, loss_gradient, split_loss
 
 CURVATURE_WORDS = {
@@ -187,7 +187,7 @@ def compute_ihvp(
         "other_full_equivalents": other,
         "seconds": time.perf_counter() - start,
     }
-    flat = {n: t for n, t in obj.unflatten(x).items()} if names == obj.names else _unflatten(x, model, names)
+    flat = obj.unflatten(x) if names == obj.names else _unflatten(x, model, names)
     ihvp = {n: t.detach().to("cpu").clone() for n, t in flat.items()}
     return IHVPResult(ihvp=ihvp, stats=stats, args=args.to_dict())
 
@@ -198,4 +198,4 @@ def _unflatten(x: torch.Tensor, model: nn.Module, names: list[str]) -> dict[str,
     return {n: t.view(params[n].shape) for n, t in zip(names, x.split(sizes))}
 
 
-__all__ = ["compute_ihvp", "exact", "holds", "topk_stability", "EigenEstimate"]
+__all__ = ["compute_ihvp", "exact", "holds", "topk_stability"]

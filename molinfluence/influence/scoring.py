@@ -37,11 +37,13 @@ def _check_scores(scores: torch.Tensor, external: Rows) -> torch.Tensor:
     return scores
 
 
-def directional_scores(obj: SubsetObjective, s: torch.Tensor, data: Rows, batch_size: int) -> torch.Tensor:
+def directional_scores(
+    obj: SubsetObjective, s: torch.Tensor, data: Rows, batch_size: int, progress: bool = False
+) -> torch.Tensor:
     """``−2 (f(z) − y) (∇θ f(z) · s)`` for every row of ``data`` (float64, CPU, input order), one JVP per batch."""
     scores = torch.empty(len(data), dtype=torch.float64)
     order = torch.argsort(data.lengths(), stable=True)
-    for idx in order.split(batch_size):
+    for idx in tqdm(order.split(batch_size), desc="scoring", disable=not progress, leave=False):
         chunk = data.subset(idx)
         pred, directional = jvp(lambda t, c=chunk: obj.predict(t, c), (obj.theta0,), (s,))
         residual = pred - obj.labels(chunk)
@@ -64,7 +66,7 @@ def score_samples(
     with eval_mode(model):
         obj, s = _scoring_objective(model, ihvp)
         obj.check_deterministic(external)
-        scores = directional_scores(obj, s, external, batch_size)
+        scores = directional_scores(obj, s, external, batch_size, progress)
     return _check_scores(scores, external)
 
 
