@@ -8,7 +8,7 @@ Definitions:
 
 - **n** — the size of the training split. **ℓ(z) = (f(z) − y)²**, **L** the mean of ℓ over a split (as in
   :mod:`molinfluence.influence` and :mod:`molinfluence.training`).
-- **Predicted effect.** The score ``I(z) = −vᵀ(H + λI)⁻¹∇θℓ(z)`` is dL_target/dε for the objective
+- **Predicted effect.** The score ``I(z) = −vᵀ(C + λI)⁻¹∇θℓ(z)`` is dL_target/dε for the objective
   ``L_train + ε ℓ(z)``. Adding one sample to a mean loss over n samples is ``(n·L_train + ℓ(z)) / (n + 1) =
   n/(n + 1) · (L_train + ℓ(z)/n)``: ε = 1/n (the factor n/(n + 1) scales the whole objective and does not move its
   minimiser). The predicted change of the target loss is therefore **Δ̂(z) = I(z) / n**.
