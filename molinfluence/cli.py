@@ -62,3 +62,16 @@ def set_threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(int(n))
+
+
+def add_base_inputs(p: Any) -> None:
+    """The arguments of a validation job that starts from the base model and the chosen samples."""
+    p.add_argument("--influence", type=json_arg, required=True, help="the config's influence section as JSON")
+    p.add_argument("--model", required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--target-name", choices=("validation", "test"), default="validation")
+    p.add_argument("--chosen", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-truncation", action="store_true")

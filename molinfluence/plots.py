@@ -355,3 +355,36 @@ def report_figures(results: str | os.PathLike[str], summary: pd.DataFrame, per_r
     predictions = pd.read_csv(run_dir(best) / "predictions.csv")
     written.append(plot_pred_vs_true(predictions, outdir / "pred_vs_true.png", f"Best mean test RMSE: {label} (first seed)"))
     return written
+
+
+def plot_estimator_comparison(df: pd.DataFrame, path: str | os.PathLike[str], title: str) -> Path:
+    """Influence estimators side by side: Pearson, Spearman and top-k overlap of predicted vs measured effects.
+
+    ``df`` has one row per estimator with ``estimator`` and, for each metric ``pearson``, ``spearman``,
+    ``topk_overlap``, the estimate and ``<metric>_ci_low``/``_ci_high`` (``topk_ci_low``/``_high`` for the overlap),
+    drawn as bars with interval whiskers. Rows without an estimate (a refused estimator) are drawn as "refused".
+    """
+    target = _check_path(path)
+    _require(df, ["estimator", "pearson", "spearman", "topk_overlap"], "estimator comparison", numeric=[])
+    metrics = [("pearson", "pearson_ci"), ("spearman", "spearman_ci"), ("topk_overlap", "topk_ci")]
+    names = df["estimator"].astype(str).tolist()
+    y = np.arange(len(names))
+    fig = _new_figure(9.0, 1.2 + 0.45 * len(names))
+    axes = fig.subplots(1, 3, sharey=True)
+    for ax, (metric, ci) in zip(axes, metrics):
+        est = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
+        lo = pd.to_numeric(df.get(f"{ci}_low"), errors="coerce").to_numpy(dtype=np.float64)
+        hi = pd.to_numeric(df.get(f"{ci}_high"), errors="coerce").to_numpy(dtype=np.float64)
+        ok = np.isfinite(est)
+        err = np.vstack([np.where(ok, est - lo, 0.0), np.where(ok, hi - est, 0.0)])
+        ax.barh(y[ok], est[ok], xerr=np.nan_to_num(err[:, ok]), color="tab:blue", alpha=0.7, capsize=3)
+        for i in y[~ok]:
+            ax.text(0.0, i, " refused", va="center", fontsize=8, color="tab:red")
+        ax.axvline(0.0, color="0.5", linewidth=0.6)
+        ax.set_xlim(-1.0 if metric != "topk_overlap" else 0.0, 1.0)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, target)

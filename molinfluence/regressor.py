@@ -18,6 +18,7 @@ see a fixed function.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,22 @@ class MolformerRegressor(nn.Module):
         else:
             pooled = out.pooler_output
         return self.head(self.dropout(pooled)).squeeze(-1)
+
+    def influence_param_prefixes(self, spec: str) -> list[str] | None:
+        """Named parameter groups for ``influence.params`` (the influence engine's task seam; it knows no names).
+
+        ``"head"``: the regression head; ``"last_layers:K"``: the last K encoder blocks, the final LayerNorm and the
+        head. None for anything else (then read as a parameter-name prefix).
+        """
+        if spec == "head":
+            return ["head"]
+        m = re.fullmatch(r"last_layers:([1-9][0-9]*)", spec)
+        if not m:
+            return None
+        k, layers = int(m.group(1)), len(self.molformer.encoder.layer)
+        if k > layers:
+            raise ValueError(f"influence.params: last_layers:{k} asks for {k} layers but the encoder has {layers}")
+        return [f"molformer.encoder.layer.{i}" for i in range(layers - k, layers)] + ["molformer.LayerNorm", "head"]
 
 
 def new_regressor(encoder_dir: str | Path, spec: RegressorSpec, *, seed: int) -> tuple[MolformerRegressor, Any]:

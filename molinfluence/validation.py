@@ -8,7 +8,7 @@ Definitions:
 
 - **n** — the size of the training split. **ℓ(z) = (f(z) − y)²**, **L** the mean of ℓ over a split (as in
   :mod:`molinfluence.influence` and :mod:`molinfluence.training`).
-- **Predicted effect.** The score ``I(z) = −vᵀ(H + λI)⁻¹∇θℓ(z)`` is dL_target/dε for the objective
+- **Predicted effect.** The score ``I(z) = −vᵀ(C + λI)⁻¹∇θℓ(z)`` is dL_target/dε for the objective
   ``L_train + ε ℓ(z)``. Adding one sample to a mean loss over n samples is ``(n·L_train + ℓ(z)) / (n + 1) =
   n/(n + 1) · (L_train + ℓ(z)/n)``: ε = 1/n (the factor n/(n + 1) scales the whole objective and does not move its
   minimiser). The predicted change of the target loss is therefore **Δ̂(z) = I(z) / n**.
@@ -44,14 +44,25 @@ Correlations: Pearson (linear agreement of Δ̂ and the mean Δ over seeds) and 
 what a top-k selection needs), each with a seeded percentile bootstrap interval over the samples. The ``scale_ratio``
 (least squares through the origin of Δ on Δ̂) says whether the score also has the right size: 1 is exact.
 
+Estimators compared: every entry of ``validation.estimators`` (the influence section with the entry's keys on top, e.g.
+Hessian LiSSA on the head, Gauss–Newton LiSSA or CG on all parameters, EK-FAC) scores the same chosen samples on the
+base model; each is compared with the same measured effects of the ``full`` setting by Pearson, Spearman and the
+overlap of the k most helpful (predicted vs measured), each with its bootstrap interval (:func:`estimator_table`).
+Spearman is inflated by the factor 2(f(z) − y) that every estimator shares; Pearson and the top-k overlap separate
+them. On CUDA the retraining runs with deterministic algorithms, and each sample job reruns the baseline so that the
+noise of a run pair is measured (``noise.pair_noise_max``); on CPU the pair is bit-reproducible.
+
 Nothing here imports snakemake; :mod:`scripts` ``validate_*.py`` are thin CLIs over these functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Mapping, Sequence
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,7 +74,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import from_section
-from .influence import Batch, InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
+from .influence import Batch, FeatureBatch, InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
 
 __all__ = [
     "ValidationArgs",
@@ -80,6 +91,13 @@ __all__ = [
     "correlation_with_ci",
     "summarize_setting",
     "build_report",
+    "DEFAULT_ESTIMATORS",
+    "check_estimators",
+    "estimator_args",
+    "compare_estimators",
+    "topk_overlap_with_ci",
+    "estimator_table",
+    "load_inputs",
 ]
 
 EVAL_BATCH_SIZE = 64
@@ -97,6 +115,43 @@ _LBFGS_MAX_ROUNDS = 20
 # --------------------------------------------------------------------------------------------------------------------
 # Options
 
+DEFAULT_ESTIMATORS: list[dict[str, Any]] = [
+    {"name": "hessian_lissa_head", "method": "lissa", "curvature": "hessian", "params": "head"},
+    {"name": "gn_lissa_all", "method": "lissa", "curvature": "gauss_newton", "params": "all"},
+    {"name": "gn_cg_all", "method": "cg", "curvature": "gauss_newton", "params": "all"},
+    {"name": "ekfac_all", "method": "ekfac", "params": "all"},
+]
+"""``validation.estimators`` by default: what the README's comparison table shows."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_estimators(specs: Any) -> list[dict[str, Any]]:
+    """Validate ``validation.estimators``: a list of ``{name, <influence keys>}`` with unique names; each entry's keys
+    must be valid ``influence`` options (their values override the influence section for that estimator)."""
+    if not isinstance(specs, (list, tuple)):
+        raise ValueError(f"validation.estimators must be a list of {{name: ..., <influence keys>}}, got {specs!r}")
+    names: set[str] = set()
+    out = []
+    for i, spec in enumerate(specs):
+        where = f"validation.estimators[{i}]"
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str) or not _NAME.match(spec["name"]):
+            raise ValueError(f"{where} must be a mapping with a name of letters, digits, '_', '.', '-', got {spec!r}")
+        if spec["name"] in names:
+            raise ValueError(f"{where}: the name {spec['name']!r} is used twice")
+        names.add(spec["name"])
+        try:
+            estimator_args({}, spec)
+        except ValueError as exc:
+            raise ValueError(f"{where} ({spec['name']}): {exc}") from None
+        out.append(dict(spec))
+    return out
+
+
+def estimator_args(influence: Mapping[str, Any], spec: Mapping[str, Any]) -> InfluenceArgs:
+    """The influence options of one estimator: the influence section with the estimator's keys on top."""
+    return InfluenceArgs.from_dict({**influence, **{k: v for k, v in spec.items() if k != "name"}})
+
 
 @dataclass
 class ValidationArgs:
@@ -113,6 +168,8 @@ class ValidationArgs:
     chunk_size: int = 5
     bootstrap: int = 2000
     seed: int = 0
+    estimators: list[dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_ESTIMATORS))
+    topk: int = 5
 
     def __post_init__(self) -> None:
         def bad(key: str, need: str) -> ValueError:
@@ -141,6 +198,9 @@ class ValidationArgs:
         if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
             raise bad("seeds", "a non-empty list of distinct integers >= 0")
         self.seeds = seeds
+        if not is_int(self.topk) or self.topk < 1:
+            raise bad("topk", "an integer >= 1")
+        self.estimators = check_estimators(self.estimators)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ValidationArgs:
@@ -315,6 +375,7 @@ def full_effects(
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     work = copy.deepcopy(model)
     weight = 1.0 / len(train)
+    device = _device_of(model)
     jobs: list[tuple[int, int, Batch | None]] = []
     if samples is None:
         jobs = [(-1, s, None) for s in seeds]
@@ -323,11 +384,35 @@ def full_effects(
         if len(ids) != len(samples):
             raise ValueError(f"{len(ids)} ext_index values for {len(samples)} samples")
         jobs = [(ids[i], s, samples.subset([i])) for i in range(len(samples)) for s in seeds]
+        if device.type == "cuda":
+            # The baseline again, in this process: its difference from the baseline job is the pair's own noise.
+            jobs += [(PAIR_CHECK, s, None) for s in seeds]
     rows = []
-    for ext, seed, extra in tqdm(jobs, desc="retraining", disable=not progress, leave=False):
-        loss = retrain_target_loss(work, start, train, target, recipe, seed, extra, weight if extra is not None else 0.0)
-        rows.append({"ext_index": ext, "seed": int(seed), "target_loss": loss})
+    with _deterministic(device):
+        for ext, seed, extra in tqdm(jobs, desc="retraining", disable=not progress, leave=False):
+            loss = retrain_target_loss(work, start, train, target, recipe, seed, extra, weight if extra is not None else 0.0)
+            rows.append({"ext_index": ext, "seed": int(seed), "target_loss": loss})
     return pd.DataFrame(rows, columns=["ext_index", "seed", "target_loss"])
+
+
+PAIR_CHECK = -2
+"""``ext_index`` of a baseline rerun inside a sample job (CUDA only): it measures the noise of a run pair."""
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """On CUDA, deterministic algorithms for the block (cuBLAS workspace config included), so that a run with a
+    sample and its baseline differ by the sample only; on CPU the runs are deterministic already."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -335,27 +420,22 @@ def full_effects(
 
 
 class FrozenFeatureHead(nn.Module):
-    """The regressor with its encoder frozen: its head applied to cached head inputs.
+    """The regressor with its encoder frozen: a copy of its head applied to cached head inputs (float64).
 
-    ``features`` (a buffer) holds one row per sample; the model's "token ids" are the row numbers, shape (B, 1), so it
-    satisfies the ``model(input_ids, attention_mask) -> (B,)`` contract of :mod:`molinfluence.influence` and its
-    parameters are named ``head.weight`` and ``head.bias`` like the regressor's (``influence.params: head``).
+    It plugs into :mod:`molinfluence.influence` through the same seam as the regressor: ``model(features) -> (B,)``
+    on a :class:`~molinfluence.influence.FeatureBatch`, the parameter group ``"head"`` (``head.weight``,
+    ``head.bias``, the regressor's names).
     """
 
-    def __init__(self, features: torch.Tensor, head: nn.Linear) -> None:
+    def __init__(self, head: nn.Linear) -> None:
         super().__init__()
-        if features.dim() != 2 or features.shape[1] != head.in_features:
-            raise ValueError(f"features must have shape (N, {head.in_features}), got {tuple(features.shape)}")
-        self.register_buffer("features", features)
-        self.head = copy.deepcopy(head).to(features.device, features.dtype)
+        self.head = copy.deepcopy(head).to("cpu", torch.float64)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features[input_ids[:, 0]]).squeeze(-1)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).squeeze(-1)
 
-    def rows(self, start: int, labels: torch.Tensor, name: str) -> Batch:
-        """The rows ``start … start + len(labels) − 1`` of ``features`` as a :class:`Batch` for this module."""
-        ids = torch.arange(start, start + len(labels)).unsqueeze(1)
-        return Batch(ids, torch.ones_like(ids), labels, name=name)
+    def influence_param_prefixes(self, spec: str) -> list[str] | None:
+        return ["head"] if spec == "head" else None
 
 
 @torch.no_grad()
@@ -470,15 +550,14 @@ def convex_reference(
     head-only ``score`` at θ*₀; ``stats`` the damping, both IHVPs' diagnostics and the solver's convergence.
     """
     args = InfluenceArgs.from_dict({**(influence.to_dict() if isinstance(influence, InfluenceArgs) else influence), "params": "head"})
-    n, n_t = len(train), len(target)
+    n = len(train)
     ids = list(range(len(samples))) if ext_index is None else [int(i) for i in ext_index]
-    features = torch.cat([head_inputs(model, train), head_inputs(model, target), head_inputs(model, samples)])
-    frozen = FrozenFeatureHead(features, model.head)
-    rows_train = frozen.rows(0, train.labels, "train")
-    rows_target = frozen.rows(n, target.labels, target.name)
-    rows_samples = frozen.rows(n + n_t, samples.labels, samples.name)
-    x, x_t, x_s = features[:n], features[n : n + n_t], features[n + n_t :]
+    x, x_t, x_s = head_inputs(model, train), head_inputs(model, target), head_inputs(model, samples)
     y, y_t, y_s = (b.labels.to(torch.float64) for b in (train, target, samples))
+    frozen = FrozenFeatureHead(model.head)
+    rows_train = FeatureBatch(x, y, name="train")
+    rows_target = FeatureBatch(x_t, y_t, name=target.name)
+    rows_samples = FeatureBatch(x_s, y_s, name=samples.name)
 
     theta_base = _flat_head(frozen.head)
     at_base = compute_ihvp(frozen, rows_train, rows_target, args, progress=progress)
@@ -598,6 +677,9 @@ def summarize_setting(
     base = runs[runs.ext_index == -1].set_index("seed")["target_loss"]
     if base.index.has_duplicates:
         raise ValueError("more than one baseline run for a seed")
+    checks = runs[runs.ext_index == PAIR_CHECK]
+    pair_noise = float((checks.target_loss - checks.seed.map(base)).abs().max()) if len(checks) else None
+    runs = runs[runs.ext_index != PAIR_CHECK]
     with_z = runs[runs.ext_index != -1]
     seeds = sorted(int(s) for s in with_z.seed.unique())
     missing_base = [s for s in seeds if s not in base.index]
@@ -636,6 +718,8 @@ def summarize_setting(
         "seed_agreement_pearson": _finite_or_none(float(np.nanmean(pair_r))) if len(pair_r) and np.isfinite(pair_r).any() else None,
         "baseline_loss_mean": float(base.loc[seeds].mean()),
         "baseline_loss_sd": float(base.loc[seeds].std(ddof=1)) if r > 1 else None,
+        # |baseline rerun inside a sample job − baseline job|, CUDA only (None: CPU runs are bit-reproducible)
+        "pair_noise_max": pair_noise,
     }
     summary = {
         "m": len(expected),
@@ -649,6 +733,133 @@ def summarize_setting(
         "noise": noise,
     }
     return summary, table
+
+
+def load_inputs(
+    model_dir: str, device: str, train_csv: str, target_csv: str, target_name: str, chosen_csv: str, truncation: bool
+) -> tuple[nn.Module, Batch, Batch, Batch, pd.DataFrame]:
+    """What the convex and estimator jobs start from: the base model on its device, the training, target and chosen
+    splits as batches (tokenised as the model was trained), and the chosen table."""
+    from .regressor import encode_frame, load_regressor, pick_device
+
+    model, tokenizer = load_regressor(model_dir, device=pick_device(device))
+
+    def batch(frame: pd.DataFrame, name: str) -> Batch:
+        return Batch(*encode_frame(tokenizer, frame, model.spec.max_length, truncation), name=name)
+
+    chosen = pd.read_csv(chosen_csv)
+    return (model, batch(pd.read_csv(train_csv), "train"), batch(pd.read_csv(target_csv), target_name),
+            batch(chosen, "chosen"), chosen)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Estimators compared on the same samples against the same retraining
+
+_STAT_KEYS = ("method", "curvature", "params", "n_params", "damping", "lambda", "lambda_max_H", "lambda_min_H",
+              "relative_residual", "converged", "hvp_full_equivalents", "topk_stability", "seconds")
+
+
+def compare_estimators(
+    model: nn.Module,
+    train: Batch,
+    target: Batch,
+    samples: Batch,
+    influence: Mapping[str, Any],
+    estimators: Sequence[Mapping[str, Any]],
+    ext_index: Sequence[int],
+    progress: bool = False,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Score the chosen ``samples`` with every estimator (its keys over the ``influence`` section) on the base model.
+
+    Returns ``(scores, stats)``: one row per (estimator, sample) with ``estimator``, ``ext_index``, ``score``; and
+    per estimator its IHVP diagnostics, or ``{"refused": message}`` when the estimator refused (e.g. negative
+    curvature of the Hessian): a refusal is a result of the comparison and is reported, not hidden.
+    """
+    rows, stats = [], {}
+    for spec in check_estimators(list(estimators)):
+        args = estimator_args(influence, spec)
+        try:
+            result = compute_ihvp(model, train, target, args, progress=progress)
+        except InfluenceDivergence as exc:
+            stats[spec["name"]] = {"spec": dict(spec), "refused": str(exc)}
+            continue
+        scores = score_samples(model, result, samples, batch_size=args.score_batch_size)
+        rows += [{"estimator": spec["name"], "ext_index": int(e), "score": float(v)} for e, v in zip(ext_index, scores)]
+        stats[spec["name"]] = {"spec": dict(spec), **{k: result.stats.get(k) for k in _STAT_KEYS}}
+    return pd.DataFrame(rows, columns=["estimator", "ext_index", "score"]), stats
+
+
+def _topk(values: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(values, kind="stable")[:k]
+
+
+def topk_overlap_with_ci(
+    predicted: Sequence[float], actual: Sequence[float], k: int, n_boot: int = 2000, seed: int = 0, level: float = CI_LEVEL
+) -> dict[str, Any]:
+    """Fraction of the ``k`` most negative predicted effects that are among the ``k`` most negative measured ones
+    (the samples a most-helpful selection would pick), with a seeded percentile bootstrap over the samples."""
+    x = np.asarray(predicted, dtype=np.float64)
+    y = np.asarray(actual, dtype=np.float64)
+    m = len(x)
+    k = max(1, min(int(k), m - 1)) if m > 1 else 1
+    point = len(set(_topk(x, k)) & set(_topk(y, k))) / k
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, m, size=(n_boot, m))
+    boot = np.array([len(set(_topk(x[i], k)) & set(_topk(y[i], k))) / k for i in idx])
+    alpha = (1.0 - level) / 2.0
+    return {"estimate": point, "k": k, "ci": [float(np.quantile(boot, alpha)), float(np.quantile(boot, 1.0 - alpha))]}
+
+
+def estimator_table(
+    chosen: pd.DataFrame,
+    n_train: int,
+    full_runs: pd.DataFrame,
+    scores: pd.DataFrame,
+    stats: Mapping[str, Any],
+    influence_stats: Mapping[str, Any],
+    *,
+    k: int = 5,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per estimator (the pipeline's own scores first, as ``pipeline``): agreement of its predicted effect
+    (score / n) with the measured effect of the ``full`` setting on the same chosen samples, with bootstrap
+    intervals, and what it cost. Refused estimators keep their row with the reason."""
+    order = [int(e) for e in chosen["ext_index"]]
+    entries = [("pipeline", chosen.set_index("ext_index")["score"], {k_: influence_stats.get(k_) for k_ in _STAT_KEYS})]
+    for name, st in stats.items():
+        part = scores[scores.estimator == name].set_index("ext_index")["score"]
+        entries.append((name, part if len(part) else None, st))
+    rows = []
+    for name, score, st in entries:
+        row: dict[str, Any] = {"estimator": name}
+        for key in ("method", "curvature", "params", "n_params", "relative_residual", "hvp_full_equivalents", "seconds"):
+            value = st.get(key)
+            row[key] = json_cell(value)
+        row["refused"] = st.get("refused")
+        if score is not None:
+            missing = [e for e in order if e not in score.index]
+            if missing:
+                raise ValueError(f"estimator {name!r} has no score for chosen sample ext_index {missing[0]}")
+            predicted = pd.Series(score.loc[order].to_numpy(dtype=np.float64) / n_train, index=order)
+            summary, table = summarize_setting(predicted, full_runs, n_boot, seed)
+            overlap = topk_overlap_with_ci(table.predicted.to_numpy(), table.actual.to_numpy(), k, n_boot, seed)
+            for metric in ("pearson", "spearman"):
+                row[metric] = summary[metric]["estimate"]
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = summary[metric]["ci"] or (None, None)
+            row["topk_overlap"], row["topk"] = overlap["estimate"], overlap["k"]
+            row["topk_ci_low"], row["topk_ci_high"] = overlap["ci"]
+            row["scale_ratio"] = summary["scale_ratio"]
+        rows.append(row)
+    columns = ["estimator", "method", "curvature", "params", "n_params", "pearson", "pearson_ci_low", "pearson_ci_high",
+               "spearman", "spearman_ci_low", "spearman_ci_high", "topk_overlap", "topk", "topk_ci_low", "topk_ci_high",
+               "scale_ratio", "relative_residual", "hvp_full_equivalents", "seconds", "refused"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def json_cell(value: Any) -> Any:
+    """A table cell: lists (e.g. params as prefixes) joined, everything else as is."""
+    return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
 SETTINGS = {

@@ -1,11 +1,12 @@
-"""Compute the inverse-Hessian-vector product s = (H + λI)⁻¹ v at the base model.
+"""Compute the inverse-curvature-vector product s = (C + λI)⁻¹ v at the base model (C: influence.curvature).
 
     influence_ihvp.py --args INFLUENCE_JSON --model BASE_DIR --train CSV --target CSV --target-name validation
                       [--device auto] [--threads N] [--no-truncation] --out hessian_inverse_fast.pt --out-stats JSON
 
-H is the Hessian of the mean training loss over the training split, v the gradient of the mean loss over the target
-split (validation by default). The .pt file holds s per parameter with its metadata (never a matrix); the JSON holds
-the solver diagnostics (norm, min, max, per-repeat norms and spread, convergence trace, scale, eigenvalue estimates).
+C is the Gauss-Newton matrix (default) or the Hessian of the mean training loss over the training split, v the
+gradient of the mean loss over the target split (validation by default). The .pt file holds s per parameter with its
+metadata ("holds" says what s is for the method; never a matrix); the JSON holds the solver diagnostics (norm,
+relative residual, spectrum estimates, cost in hvp_full_equivalents, top-k stability across repeats, convergence).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def main() -> None:
     save_ihvp(result, args.out)
     write_json(args.out_stats, {"args": result.args, **result.stats})
     s = result.stats
-    print(f"{s['method']}: |s| = {s['norm']:.6g}, min {s['min']:.6g}, max {s['max']:.6g} over {s['n_params']:,} parameters")
+    print(f"{s['method']} on {s['curvature']}: |s| = {s['norm']:.6g}, min {s['min']:.6g}, max {s['max']:.6g} over "
+          f"{s['n_params']:,} parameters; relative residual {s['relative_residual']:.3g}; "
+          f"{s['hvp_full_equivalents']:.3g} full-split curvature products; {s['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

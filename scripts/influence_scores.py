@@ -63,7 +63,8 @@ def main() -> None:
         "ext_index": torch.tensor(table["ext_index"].to_numpy()),
         "smiles": table["smiles"].tolist(),
         "label": torch.tensor(table["label"].to_numpy()),
-        "convention": "I(z) = -s^T grad L(z), s = (H + damping I)^-1 grad L_target; negative = expected helpful",
+        "convention": "I(z) = -s^T grad L(z), s = (C + lambda I)^-1 grad L_target (C: ihvp_stats['curvature']); "
+                      "negative = expected helpful",
         "ihvp_stats": ihvp.stats,
     }
     with atomic_path(args.out) as tmp:

@@ -17,50 +17,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molinfluence.cli import json_arg, run, set_threads  # noqa: E402
+from molinfluence.cli import add_base_inputs, json_arg, run, set_threads  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--influence", type=json_arg, required=True, help="the config's influence section as JSON")
+    add_base_inputs(p)
     p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--train", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--target-name", choices=("validation", "test"), default="validation")
-    p.add_argument("--chosen", required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--no-truncation", action="store_true")
     p.add_argument("--out-effects", required=True)
     p.add_argument("--out-scores", required=True)
     p.add_argument("--out-stats", required=True)
     args = p.parse_args()
     set_threads(args.threads)
 
-    import pandas as pd
-
     from molinfluence.files import write_csv, write_json
-    from molinfluence.influence import Batch
-    from molinfluence.regressor import encode_frame, load_regressor, pick_device
-    from molinfluence.validation import convex_reference
+    from molinfluence.validation import convex_reference, load_inputs
 
-    model, tokenizer = load_regressor(args.model, device=pick_device(args.device))
-    truncation, max_length = not args.no_truncation, model.spec.max_length
-
-    def batch(frame: pd.DataFrame, name: str) -> Batch:
-        return Batch(*encode_frame(tokenizer, frame, max_length, truncation), name=name)
-
-    chosen = pd.read_csv(args.chosen)
+    model, train, target, chosen_batch, chosen = load_inputs(args.model, args.device, args.train, args.target,
+                                                             args.target_name, args.chosen, not args.no_truncation)
     effects, scores, stats = convex_reference(
-        model,
-        batch(pd.read_csv(args.train), "train"),
-        batch(pd.read_csv(args.target), args.target_name),
-        batch(chosen, "chosen"),
-        {**args.influence, "target": args.target_name},
-        args.seeds,
-        chosen["ext_index"].tolist(),
-        progress=True,
+        model, train, target, chosen_batch, {**args.influence, "target": args.target_name}, args.seeds,
+        chosen["ext_index"].tolist(), progress=True,
     )
     write_csv(args.out_effects, effects)
     write_csv(args.out_scores, scores)

@@ -35,6 +35,11 @@ def main() -> None:
     p.add_argument("--convex-effects", required=True)
     p.add_argument("--convex-scores", required=True)
     p.add_argument("--convex-stats", required=True)
+    p.add_argument("--estimator-scores", required=True)
+    p.add_argument("--estimator-stats", required=True)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--out-estimators", required=True)
+    p.add_argument("--out-plot-estimators", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-plot", required=True)
@@ -44,18 +49,21 @@ def main() -> None:
     import pandas as pd
 
     from molinfluence.files import read_json, write_csv, write_json
-    from molinfluence.plots import plot_influence_validation
-    from molinfluence.validation import ValidationArgs, build_report
+    from molinfluence.plots import plot_estimator_comparison, plot_influence_validation
+    from molinfluence.validation import ValidationArgs, build_report, estimator_table
 
+    chosen, n_train = pd.read_csv(args.chosen), len(pd.read_csv(args.train))
+    full_runs = pd.concat([pd.read_csv(f) for f in args.full], ignore_index=True)
+    influence_stats = read_json(args.influence_stats)
     report, table = build_report(
-        pd.read_csv(args.chosen),
-        len(pd.read_csv(args.train)),
-        pd.concat([pd.read_csv(f) for f in args.full], ignore_index=True),
+        chosen,
+        n_train,
+        full_runs,
         pd.read_csv(args.convex_effects),
         pd.read_csv(args.convex_scores),
         read_json(args.convex_stats),
         recipe=ValidationArgs.from_dict(args.recipe).recipe(),
-        influence_stats=read_json(args.influence_stats),
+        influence_stats=influence_stats,
         target=args.target_name,
         n_boot=args.bootstrap,
         seed=args.seed,
@@ -69,10 +77,19 @@ def main() -> None:
     for setting, out in (("full", args.out_plot), ("convex", args.out_plot_convex)):
         title = f"{titles[setting]}\nchange of the {args.target_name} loss when a sample is added"
         plot_influence_validation(table[table.setting == setting], out, title)
+    estimators = estimator_table(chosen, n_train, full_runs, pd.read_csv(args.estimator_scores),
+                                 read_json(args.estimator_stats), influence_stats, k=args.topk, n_boot=args.bootstrap,
+                                 seed=args.seed)
+    write_csv(args.out_estimators, estimators)
+    plot_estimator_comparison(estimators, args.out_plot_estimators,
+                              f"Estimators vs the same full-model retraining ({len(chosen)} samples, "
+                              f"{args.target_name} loss)")
+    report["estimators"] = estimators.astype(object).where(estimators.notna(), None).to_dict(orient="records")
     write_json(args.out_json, report)  # last: its presence means the stage finished
     for setting, s in report["settings"].items():
         print(f"{setting}: Pearson {s['pearson']['estimate']}, CI {s['pearson']['ci']}; "
               f"Spearman {s['spearman']['estimate']}, CI {s['spearman']['ci']}; noise {s['noise']}")
+    print(estimators.to_string(index=False))
 
 
 if __name__ == "__main__":

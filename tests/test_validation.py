@@ -20,7 +20,7 @@ import torch
 import yaml
 from scipy import stats
 
-from molinfluence.influence import Batch, InfluenceArgs, compute_ihvp
+from molinfluence.influence import Batch, FeatureBatch, InfluenceArgs, compute_ihvp
 from molinfluence.regressor import RegressorSpec, encode_frame, new_regressor
 from molinfluence.validation import (
     FrozenFeatureHead,
@@ -29,8 +29,12 @@ from molinfluence.validation import (
     ValidationArgs,
     build_report,
     choose_samples,
+    check_estimators,
     chunk_rows,
+    compare_estimators,
     convex_reference,
+    estimator_table,
+    topk_overlap_with_ci,
     correlation_with_ci,
     full_effects,
     head_inputs,
@@ -159,16 +163,16 @@ def test_full_effects_are_deterministic_and_leave_the_model_alone(tiny):
 def test_frozen_feature_head_is_the_model_with_its_encoder_frozen(tiny):
     """Cached head inputs reproduce the model's predictions, and its head-only IHVP is the model's (exact solves)."""
     model, train, target, _, _ = tiny
-    features = torch.cat([head_inputs(model, train), head_inputs(model, target)])
-    frozen = FrozenFeatureHead(features, model.head)
-    rows_train = frozen.rows(0, train.labels, "train")
+    frozen = FrozenFeatureHead(model.head)
+    rows_train = FeatureBatch(head_inputs(model, train), train.labels.double(), name="train")
+    rows_target = FeatureBatch(head_inputs(model, target), target.labels.double(), name="validation")
     with torch.no_grad():
         direct = model(train.input_ids, train.attention_mask).double()
-        cached = frozen(rows_train.input_ids, rows_train.attention_mask)
+        cached = frozen(*rows_train.inputs)
     torch.testing.assert_close(cached, direct, rtol=1e-6, atol=1e-6)
     args = {"method": "exact", "params": "head"}
     reference = compute_ihvp(model, train, target, args, progress=False)
-    ours = compute_ihvp(frozen, rows_train, frozen.rows(len(train), target.labels, "validation"), args, progress=False)
+    ours = compute_ihvp(frozen, rows_train, rows_target, args, progress=False)
     assert ours.param_names == reference.param_names == ["head.weight", "head.bias"]
     for name in ours.ihvp:
         torch.testing.assert_close(ours.ihvp[name].float(), reference.ihvp[name].float(), rtol=1e-4, atol=1e-6)
@@ -176,7 +180,7 @@ def test_frozen_feature_head_is_the_model_with_its_encoder_frozen(tiny):
 
 @pytest.fixture(scope="module")
 def convex(tiny):
-    """The convex setting with the default estimator (lissa, damping 0.01) and two seeds."""
+    """The convex setting with the default estimator (CG on Gauss–Newton, damping 0.01) and two seeds."""
     model, train, target, samples, table = tiny
     effects, scores, stats_ = convex_reference(model, train, target, samples, InfluenceArgs(), [0, 1], table.ext_index)
     return effects, scores, stats_
@@ -228,7 +232,7 @@ def test_convex_setting_predicts_the_measured_effect(tiny, convex):
     assert summary["spearman"]["estimate"] >= 0.9
     assert summary["pearson"]["estimate"] >= 0.9
     assert 0.8 < summary["scale_ratio"] < 1.2  # the score also has the right size: Δ ≈ I(z)/n
-    assert st["ihvp"]["method"] == "lissa" and st["ihvp"]["damping"] == 0.01
+    assert st["ihvp"]["method"] == "cg" and st["ihvp"]["damping"] == 0.01
     # the measurement noise is reported, and in the convex setting it is the solver's precision: negligible
     noise = summary["noise"]
     assert noise["delta_sd_max"] is not None and noise["delta_sd_max"] < 1e-3 * noise["actual_sd_across_samples"]
@@ -312,6 +316,55 @@ def test_report_puts_both_settings_on_the_score_per_sample_scale(tiny, convex):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Estimators compared on the same samples against the same retraining
+
+
+def test_topk_overlap_counts_the_shared_most_helpful_samples():
+    x = np.arange(10.0)
+    assert topk_overlap_with_ci(x, x, 3, n_boot=200)["estimate"] == 1.0
+    assert topk_overlap_with_ci(x, -x, 3, n_boot=200)["estimate"] == 0.0
+    y = x.copy()
+    y[[0, 5]] = y[[5, 0]]  # the most helpful by prediction is only 6th measured
+    out = topk_overlap_with_ci(x, y, 3, n_boot=300, seed=1)
+    assert out["estimate"] == pytest.approx(2 / 3) and out["k"] == 3
+    assert 0.0 <= out["ci"][0] <= out["estimate"] <= out["ci"][1] <= 1.0
+
+
+def test_estimator_specs_name_the_bad_entry():
+    with pytest.raises(ValueError, match=r"validation\.estimators\[1\]: the name 'a' is used twice"):
+        check_estimators([{"name": "a"}, {"name": "a"}])
+    with pytest.raises(ValueError, match=r"validation\.estimators\[0\] \(a\): influence\.methd is not a known option"):
+        check_estimators([{"name": "a", "methd": "cg"}])
+    with pytest.raises(ValueError, match=r"validation\.estimators\[0\] must be a mapping with a name"):
+        ValidationArgs.from_dict({"estimators": [{"method": "cg"}]})
+
+
+def test_estimators_are_compared_on_the_same_samples_and_runs(tiny, convex):
+    """Each estimator scores the chosen samples on the base model; the table puts every one (and the pipeline's own
+    scores) against the same measured effects; an estimator that refuses keeps its row with the reason."""
+    model, train, target, samples, table = tiny
+    effects, _, _ = convex
+    specs = [{"name": "gn_cg_head", "params": "head"}, {"name": "gn_cg_all", "params": "all", "cg_iters": 8},
+             {"name": "hessian_tiny_damping", "curvature": "hessian", "damping": 1e-9}]
+    scores, st = compare_estimators(model, train, target, samples, {}, specs, table.ext_index.tolist())
+    assert set(scores.estimator) <= {"gn_cg_head", "gn_cg_all", "hessian_tiny_damping"}
+    assert scores.groupby("estimator").size().eq(len(table)).all()
+    chosen = table.assign(score=scores[scores.estimator == "gn_cg_head"].score.to_numpy(), rank=range(len(table)),
+                          quantile=0.0)
+    out = estimator_table(chosen, len(train), effects, scores, st, {"method": "cg", "params": "head"}, k=3, n_boot=200)
+    assert out.estimator.tolist() == ["pipeline", "gn_cg_head", "gn_cg_all", "hessian_tiny_damping"]
+    ok = out[out.refused.isna()]
+    assert ok.pearson.between(-1, 1).all() and ok.topk_overlap.between(0, 1).all()
+    assert (ok.pearson_ci_low <= ok.pearson).all() and (ok.pearson <= ok.pearson_ci_high).all()
+    # the pipeline row and the identical estimator agree exactly: same scores, same runs
+    assert out.pearson.iloc[0] == pytest.approx(out.pearson.iloc[1])
+    assert ok.hvp_full_equivalents.iloc[1:].gt(0).all()
+    refused = out.set_index("estimator").loc["hessian_tiny_damping"]
+    # the random tiny model's Hessian is indefinite: at a 1e-9 relative damping it is refused, with the reason
+    assert isinstance(refused.refused, str) and "influence.damping" in refused.refused and pd.isna(refused.pearson)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Workflow: planned only when enabled; the demo's results
 
 
@@ -345,6 +398,7 @@ def test_stage_is_planned_only_when_enabled(tmp_path):
     on = _planned(config, tmp_path / "on")
     assert {rule: n for rule, n in on.items() if rule.startswith("validate")} == {
         "validate_choose": 1, "validate_baseline": 2, "validate_full": 3, "validate_convex": 1, "validate_influence": 1,
+        "validate_estimators": 1,
     }
 
 
@@ -398,5 +452,5 @@ def test_validation_reruns_only_what_a_change_touches(demo, tmp_path):
     finally:
         module.write_bytes(original)
     assert plan == {"validate_choose": 1, "validate_baseline": len(seeds), "validate_full": chunks,
-                    "validate_convex": 1, "validate_influence": 1, "all": 1}
+                    "validate_convex": 1, "validate_estimators": 1, "validate_influence": 1, "all": 1}
     assert demo.planned() == {}

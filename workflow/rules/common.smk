@@ -44,7 +44,8 @@ def code(*modules, script_name):
     Snakemake's `code` trigger only sees a script's own mtime; a param that changes when an imported module changes
     makes an edit rerun the right rules (and, through their outputs, everything downstream) and nothing else.
     """
-    paths = [ROOT / "molinfluence" / f"{m}.py" for m in ("cli", "files", *modules)]
+    pkg = ROOT / "molinfluence"
+    paths = [pkg / m if (pkg / m).is_dir() else pkg / f"{m}.py" for m in ("cli", "files", *modules)]
     return sha256_files([*paths, ROOT / "scripts" / f"{script_name}.py"], root=ROOT)[:16]
 
 

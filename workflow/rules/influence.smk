@@ -1,5 +1,6 @@
-# Influence: s = (H + λI)⁻¹ v with H the Hessian of the mean training loss at the base model and v the gradient of the
-# target-split loss (validation by default), then I(z) = -sᵀ∇L(z) for every external sample (batched JVPs).
+# Influence: s = (C + λI)⁻¹ v with C the Gauss–Newton matrix (influence.curvature; or the Hessian) of the mean training
+# loss at the base model and v the gradient of the target-split loss (validation by default), then I(z) = -sᵀ∇L(z) for
+# every external sample (batched JVPs).
 
 INF_CODE = code(*MODEL_MODULES, "config", "influence", script_name="influence_ihvp")
 SCORE_CODE = code(*MODEL_MODULES, "config", "influence", script_name="influence_scores")

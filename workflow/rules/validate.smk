@@ -2,7 +2,8 @@
 # m external samples spread over the score range; for each, continued training with and without it (per-seed
 # baselines, then chunks of samples with every seed inside), and the convex reference (head on frozen features,
 # damped objective minimised to convergence, head-only IHVP at its optimum) in one job; a summary correlates
-# predicted and measured effects, with bootstrap intervals and the noise of the measurement.
+# predicted and measured effects, with bootstrap intervals and the noise of the measurement; validate_estimators
+# scores the same samples with every estimator of validation.estimators, compared against the same retraining.
 
 import math
 
@@ -145,6 +146,40 @@ rule validate_convex:
         " --out-scores {output.scores:q} --out-stats {output.stats:q} > {log:q} 2>&1"
 
 
+rule validate_estimators:
+    input:
+        model=rules.train_base.output.model,
+        train=rules.prepare_data.output.train,
+        target=VAL_TARGET,
+        chosen=rules.validate_choose.output[0],
+    output:
+        scores=f"{VAL_DIR}/estimators/scores.csv",
+        stats=f"{VAL_DIR}/estimators/stats.json",
+    params:
+        py=PY,
+        influence=jarg({k: v for k, v in INF.items() if k != "target"}),
+        estimators=jarg({"estimators": VAL["estimators"]}),
+        target=TARGET_SPLIT,
+        device=config["train"]["device"],
+        truncation=TRUNCATION,
+        script=script("validate_estimators"),
+        code=code(*VAL_MODULES, script_name="validate_estimators"),
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/validation/estimators.log",
+    benchmark:
+        f"{R}/benchmarks/validation/estimators.tsv"
+    shell:
+        "{params.py:q} {params.script:q} --influence {params.influence:q} --estimators {params.estimators:q}"
+        " --model {input.model:q} --train {input.train:q} --target {input.target:q} --target-name {params.target}"
+        " --chosen {input.chosen:q} --device {params.device:q} --threads {threads} {params.truncation}"
+        " --out-scores {output.scores:q} --out-stats {output.stats:q} > {log:q} 2>&1"
+
+
 rule validate_influence:
     input:
         chosen=rules.validate_choose.output[0],
@@ -155,6 +190,8 @@ rule validate_influence:
         convex_effects=rules.validate_convex.output.effects,
         convex_scores=rules.validate_convex.output.scores,
         convex_stats=rules.validate_convex.output.stats,
+        estimator_scores=rules.validate_estimators.output.scores,
+        estimator_stats=rules.validate_estimators.output.stats,
     output:
         json=report(
             f"{VAL_DIR}/influence_validation.json",
@@ -172,11 +209,22 @@ rule validate_influence:
             category="3. Influence validation",
             caption=str(REPORT / "influence_validation_convex.rst"),
         ),
+        estimators=report(
+            f"{VAL_DIR}/estimators.csv",
+            category="3. Influence validation",
+            caption=str(REPORT / "influence_estimators.rst"),
+        ),
+        plot_estimators=report(
+            f"{VAL_DIR}/estimators.png",
+            category="3. Influence validation",
+            caption=str(REPORT / "influence_estimators.rst"),
+        ),
     params:
         py=PY,
         recipe=VAL_RECIPE,
         bootstrap=VAL["bootstrap"],
         seed=VAL["seed"],
+        topk=VAL["topk"],
         target=TARGET_SPLIT,
         script=script("validate_summary"),
         code=code("config", "influence", "validation", "plots", script_name="validate_summary"),
@@ -191,5 +239,7 @@ rule validate_influence:
         " --chosen {input.chosen:q} --train {input.train:q} --target-name {params.target}"
         " --influence-stats {input.influence_stats:q} --full {input.baselines:q} {input.chunks:q}"
         " --convex-effects {input.convex_effects:q} --convex-scores {input.convex_scores:q}"
-        " --convex-stats {input.convex_stats:q} --out-json {output.json:q} --out-table {output.table:q}"
-        " --out-plot {output.plot:q} --out-plot-convex {output.plot_convex:q} > {log:q} 2>&1"
+        " --convex-stats {input.convex_stats:q} --estimator-scores {input.estimator_scores:q}"
+        " --estimator-stats {input.estimator_stats:q} --topk {params.topk} --out-json {output.json:q}"
+        " --out-table {output.table:q} --out-plot {output.plot:q} --out-plot-convex {output.plot_convex:q}"
+        " --out-estimators {output.estimators:q} --out-plot-estimators {output.plot_estimators:q} > {log:q} 2>&1"
