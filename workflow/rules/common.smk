@@ -10,7 +10,7 @@ sys.path.insert(0, str(ROOT))  # the checkout's package, whatever is installed
 from snakemake.exceptions import WorkflowError
 
 from molinfluence.config import ConfigError, validate_config
-from molinfluence.files import sha256_files
+from molinfluence.files import code_hash
 from molinfluence.grid import CONTROLS, PER_SEED, RANKED, SCORED, WILDCARDS, Condition, choice, run_pattern, selection_pattern
 from molinfluence.grid import grid as grid_of
 
@@ -38,15 +38,15 @@ def script(name):
     return str(ROOT / "scripts" / f"{name}.py")
 
 
-def code(*modules, script_name):
-    """Content hash of the modules a rule's script imports (and the script itself), as a rule param.
+def code(script_name):
+    """Content hash of a rule's script and every package module it imports, directly or through other modules (read
+    from its imports: molinfluence.files.imported_modules), as a rule param.
 
     Snakemake's `code` trigger only sees a script's own mtime; a param that changes when an imported module changes
-    makes an edit rerun the right rules (and, through their outputs, everything downstream) and nothing else.
+    makes an edit rerun exactly the rules whose script imports the edited module (and, through their outputs,
+    everything downstream), without hand-kept module lists.
     """
-    pkg = ROOT / "molinfluence"
-    paths = [pkg / m if (pkg / m).is_dir() else pkg / f"{m}.py" for m in ("cli", "files", *modules)]
-    return sha256_files([*paths, ROOT / "scripts" / f"{script_name}.py"], root=ROOT)[:16]
+    return code_hash(script(script_name), root=ROOT)[:16]
 
 
 def jarg(obj):
@@ -54,7 +54,6 @@ def jarg(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-MODEL_MODULES = ("molformer", "tokenizer", "regressor")
 INF = config["influence"]
 SEL = config["selection"]
 FT = config["finetune"]

@@ -14,7 +14,7 @@ rule prepare_data:
         args=jarg(config["data"]),
         outdir=lambda w, output: str(Path(output.report).parent),
         script=script("prepare_data"),
-        code=code("data", script_name="prepare_data"),
+        code=code("prepare_data"),
     conda:
         ENV
     log:

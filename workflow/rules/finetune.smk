@@ -5,7 +5,7 @@
 # the trained base model (the report's "same model"), `fresh` from the pretrained encoder with a new head (its "fresh
 # model"). Same recipe as base training, with finetune.epochs. Weights only with finetune.keep_models (187 MB each).
 
-FINETUNE_CODE = code(*MODEL_MODULES, "config", "training", "metrics", "selection", "grid", "runs", script_name="finetune")
+FINETUNE_CODE = code("finetune")
 
 
 rule finetune:

@@ -2,8 +2,8 @@
 # loss at the base model and v the gradient of the target-split loss (validation by default), then I(z) = -sᵀ∇L(z) for
 # every external sample (batched JVPs).
 
-INF_CODE = code(*MODEL_MODULES, "config", "influence", script_name="influence_ihvp")
-SCORE_CODE = code(*MODEL_MODULES, "config", "influence", script_name="influence_scores")
+INF_CODE = code("influence_ihvp")
+SCORE_CODE = code("influence_scores")
 
 
 rule influence_ihvp:

@@ -13,7 +13,7 @@ rule pretrained_encoder:
         args=jarg(config["model"]),
         data=f"{R}/data",
         script=script("pretrained"),
-        code=code("encoder", "molformer", "tokenizer", script_name="pretrained"),
+        code=code("pretrained"),
     conda:
         ENV
     log:

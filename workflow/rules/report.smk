@@ -26,7 +26,7 @@ rule metrics_table:
     params:
         py=PY,
         script=script("metrics_table"),
-        code=code("metrics", "grid", script_name="metrics_table"),
+        code=code("metrics_table"),
     conda:
         ENV
     log:
@@ -57,7 +57,7 @@ rule figures:
         results=lambda w, input: str(Path(input.base_log).parents[1]),
         outdir=lambda w, output: str(Path(output.rmse).parent),
         script=script("figures"),
-        code=code("plots", "grid", script_name="figures"),
+        code=code("figures"),
     conda:
         ENV
     log:

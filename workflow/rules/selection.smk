@@ -1,7 +1,7 @@
 # Selections of external samples. Score-based strategies read the influence scores; the controls (random, all, and
 # the empty k = 0 selection) read only the external split, so changing influence settings never reruns them.
 
-SELECT_CODE = code("selection", "grid", script_name="select_samples")
+SELECT_CODE = code("select_samples")
 
 
 rule select_scored:

@@ -3,7 +3,7 @@
 # declared outputs before a job starts, which would throw the checkpoint away).
 
 
-TRAIN_CODE = code(*MODEL_MODULES, "config", "training", "metrics", "selection", "grid", "runs", script_name="train")
+TRAIN_CODE = code("train")
 
 
 rule train_base:

@@ -13,7 +13,6 @@ VAL_TARGET = f"{R}/data/{TARGET_SPLIT}.csv"
 VAL_SEEDS = " ".join(str(s) for s in VAL["seeds"])
 # What a retraining run depends on: changing m, the bootstrap or the chunking reruns no baseline.
 VAL_RECIPE = jarg({k: VAL[k] for k in ("steps", "lr", "weight_decay", "batch_size", "train_mode")})
-VAL_MODULES = ("config", *MODEL_MODULES, "influence", "validation")
 VAL_CHUNKS = range(math.ceil(VAL["m"] / VAL["chunk_size"]))  # one full-model job per chunk of chosen samples
 
 
@@ -32,7 +31,7 @@ rule validate_choose:
         m=VAL["m"],
         seed=VAL["seed"],
         script=script("validate_choose"),
-        code=code("config", "influence", "validation", script_name="validate_choose"),
+        code=code("validate_choose"),
     conda:
         ENV
     log:
@@ -58,7 +57,7 @@ rule validate_baseline:
         device=config["train"]["device"],
         truncation=TRUNCATION,
         script=script("validate_full"),
-        code=code(*VAL_MODULES, script_name="validate_full"),
+        code=code("validate_full"),
     threads: 1
     resources:
         gpu=1,
@@ -93,7 +92,7 @@ rule validate_full:
         device=config["train"]["device"],
         truncation=TRUNCATION,
         script=script("validate_full"),
-        code=code(*VAL_MODULES, script_name="validate_full"),
+        code=code("validate_full"),
     threads: 1
     resources:
         gpu=1,
@@ -129,7 +128,7 @@ rule validate_convex:
         device=config["train"]["device"],
         truncation=TRUNCATION,
         script=script("validate_convex"),
-        code=code(*VAL_MODULES, script_name="validate_convex"),
+        code=code("validate_convex"),
     threads: 1
     resources:
         gpu=1,
@@ -163,7 +162,7 @@ rule validate_estimators:
         device=config["train"]["device"],
         truncation=TRUNCATION,
         script=script("validate_estimators"),
-        code=code(*VAL_MODULES, script_name="validate_estimators"),
+        code=code("validate_estimators"),
     threads: 1
     resources:
         gpu=1,
@@ -227,7 +226,7 @@ rule validate_influence:
         topk=VAL["topk"],
         target=TARGET_SPLIT,
         script=script("validate_summary"),
-        code=code("config", "influence", "validation", "plots", script_name="validate_summary"),
+        code=code("validate_summary"),
     conda:
         ENV
     log:
