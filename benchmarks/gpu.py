@@ -1,7 +1,7 @@
 """Speed of the training loop and influence engine on whatever device is present, and the projected wall time of
 config.yaml's whole DAG from those figures (issue 10). All ratios are measured in the same run.
 
-    python benchmarks/gpu.py [--size xl|narrow|demo] [--data CSV] [--device auto|cpu|cuda[:N]] [--quick] [--threads N]
+    python benchmarks/gpu.py [--size xl|narrow|demo] [--data CSV] [--device auto|cpu|cuda[:N]] [--quick] [--threads N] [--no-ihvp]
 
 ``--size xl``: MoLFormer-XL's dimensions (hidden 768, 12 layers, 12 heads, intermediate 768, 32 random features,
 vocabulary 2362, max 202 tokens) with random weights (42.6 M parameters); ``narrow``: 12 layers of width 96 (the CPU
@@ -14,8 +14,9 @@ Prints one table: the project's training step (``molinfluence.training.train_ste
 bf16; ops launched per step (torch.profiler: leaf aten ops, and CUDA kernels on a GPU) for the project's step and a bare
 PyTorch step; one epoch through ``train_regressor`` against a bare PyTorch loop on the same batches (and against the
 same bare loop with every batch padded to the split's longest, as the loop did before issue 10); the fixed cost of a
-fine-tune job (a subprocess doing imports, device initialisation and model loading); an HVP on a LiSSA mini-batch and
-on the full training split; the default config's IHVP in full-split HVP equivalents; scoring the external pool; peak
+fine-tune job (a subprocess doing imports, device initialisation and model loading); the default curvature's product
+on a mini-batch and on the full training split; the default config's IHVP run through ``compute_ihvp`` (seconds, and
+``hvp_full_equivalents`` against the pre-issue-11 default's ~81; ``--no-ihvp`` prints an upper bound instead); scoring the external pool; peak
 memory; and the projected wall time of config.yaml's DAG, with one fine-tune job per seed and with one per
 condition (all its seeds in one process).
 """
@@ -67,10 +68,16 @@ ATOMS = ["C", "C", "C", "c", "c", "c", "N", "O", "(", ")", "=", "1", "2", "F", "
 
 def influence_api() -> dict[str, Any]:
     """The influence engine's entry points used here, in one place (the package layout may change)."""
-    from molinfluence.influence import Batch, IHVPResult, InfluenceArgs, SubsetObjective, hvp, score_samples
+    from molinfluence.influence import Batch, IHVPResult, InfluenceArgs, SubsetObjective, compute_ihvp, curvature_product
+    from molinfluence.influence import score_samples
 
     return dict(Batch=Batch, IHVPResult=IHVPResult, InfluenceArgs=InfluenceArgs, SubsetObjective=SubsetObjective,
-                hvp=hvp, score_samples=score_samples)
+                curvature_product=curvature_product, compute_ihvp=compute_ihvp, score_samples=score_samples)
+
+
+# The IHVP before issue 11 (LiSSA on H): 60 power-iteration products over the whole split, then 2 x 1000 LiSSA steps on
+# mini-batches of 32 out of Lipophilicity's 3,024 training molecules, in full-split product equivalents.
+OLD_IHVP_EQUIVALENTS = 60 + 2 * 1000 * 32 / 3024
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -305,6 +312,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="768 training molecules, fewer timed steps")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-ihvp", action="store_true", help="do not run the default IHVP; print its upper-bound cost")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -388,22 +396,39 @@ def main() -> None:
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     inf_args = api["InfluenceArgs"].from_dict(config["influence"])
     trained = copy.deepcopy(model).to(device).eval()
-    batch = {k: api["Batch"](enc[k].input_ids, enc[k].attention_mask, labels[k], name=k) for k in ("train", "external")}
+    batch = {k: api["Batch"](enc[k].input_ids, enc[k].attention_mask, labels[k], name=k)
+             for k in ("train", "validation", "external")}
     obj = api["SubsetObjective"](trained, inf_args.params, inf_args.torch_dtype)
     vec = torch.randn(obj.numel, generator=torch.Generator().manual_seed(0)).to(obj.device, obj.dtype)
     mini = batch["train"].subset(torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[: inf_args.batch_size])
-    mini_s = seconds(lambda: api["hvp"](obj, mini, vec, inf_args.hvp_mode, inf_args.batch_size), device, reps + 2)
-    full_s = seconds(lambda: api["hvp"](obj, batch["train"], vec, inf_args.hvp_mode, inf_args.batch_size), device)
-    row(f"HVP on a LiSSA mini-batch of {inf_args.batch_size} ({inf_args.hvp_mode}, params={inf_args.params})", f"{mini_s * 1e3:.0f} ms")
-    row(f"HVP over the whole training split ({n_train} molecules)", f"{full_s:.2f} s")
+
+    def product(rows):
+        return api["curvature_product"](obj, rows, vec, inf_args.curvature, inf_args.hvp_mode, inf_args.chunk_size)
+
+    mini_s = seconds(lambda: product(mini), device, reps + 2)
+    full_s = seconds(lambda: product(batch["train"]), device)
+    what = f"{inf_args.curvature} product, params={inf_args.params}, chunks of {inf_args.chunk_size}"
+    row(f"curvature-vector product on a mini-batch of {inf_args.batch_size} ({what})", f"{mini_s * 1e3:.0f} ms")
+    row(f"curvature-vector product over the whole training split ({n_train} molecules)", f"{full_s:.2f} s")
     n_full = 3024 if args.quick else n_train  # project to the real split size
-    full_real_s = full_s * n_full / n_train
-    power = 2 * inf_args.power_iters
-    lissa_s = inf_args.depth * inf_args.repeats * mini_s
-    ihvp_equiv = power + lissa_s / full_real_s
-    ihvp_s = power * full_real_s + lissa_s
-    row("IHVP of config.yaml (at most)", f"{ihvp_equiv:.0f} full-split HVP equivalents ({power} power-iteration HVPs + "
-        f"{inf_args.depth}x{inf_args.repeats} LiSSA steps) = {ihvp_s / 60:.1f} min")
+    scale = n_full / n_train
+    if args.no_ihvp:
+        # Upper bound of the default (CG): Lanczos on the subsample, every CG iteration, the gradient.
+        ihvp_equiv = inf_args.spectrum_iters * min(inf_args.spectrum_samples, n_full) / n_full + inf_args.cg_iters + 1
+        ihvp_s = ihvp_equiv * full_s * scale
+        row("IHVP of config.yaml (upper bound, not run: --no-ihvp)",
+            f"{ihvp_equiv:.1f} full-split product equivalents = {ihvp_s / 60:.1f} min")
+    else:
+        result = api["compute_ihvp"](trained, batch["train"], batch["validation"], inf_args, progress=False)
+        st = result.stats
+        ihvp_equiv = st["hvp_full_equivalents"] + st["other_full_equivalents"]
+        ihvp_s = st["seconds"] * scale
+        row(f"IHVP of config.yaml, run ({st['method']} on {st['curvature']}, {st['n_params']:,} parameters)",
+            f"{st['seconds']:.1f} s on {n_train} molecules ({ihvp_s / 60:.1f} min at {n_full}); "
+            f"hvp_full_equivalents {st['hvp_full_equivalents']:.1f} + {st['other_full_equivalents']:.1f} other; "
+            f"relative residual {st.get('relative_residual', float('nan')):.2g}")
+    row("  IHVP cost vs the pre-issue-11 default (LiSSA on H, 60 power iterations + 2x1000 steps)",
+        f"{ihvp_equiv:.1f} / {OLD_IHVP_EQUIVALENTS:.1f} full-split equivalents = {ihvp_equiv / OLD_IHVP_EQUIVALENTS:.2f}")
     ihvp = api["IHVPResult"](ihvp={n: torch.randn(s, generator=torch.Generator().manual_seed(1)).cpu()
                                    for n, s in zip(obj.names, obj.shapes)}, stats={}, args={})
     score_s = seconds(lambda: api["score_samples"](trained, ihvp, batch["external"], inf_args.score_batch_size), device, reps)
