@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import check_fields
 from .molformer import MolformerConfig, MolformerModel, ModelLoadError, load_encoder
 from .tokenizer import encode_smiles, load_tokenizer, save_tokenizer
 
 FORMAT_VERSION = 1
-POOLINGS = ("cls", "mean")
 
 
 @dataclass
@@ -44,12 +44,7 @@ class RegressorSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError(f"model.head_dropout must be in [0, 1), got {self.head_dropout}")
-        if self.max_length < 3:
-            raise ValueError(f"model.max_length must be >= 3 (room for <bos>, one token, <eos>), got {self.max_length}")
+        check_fields(self, {"pooling": "model.pooling", "head_dropout": "model.head_dropout", "max_length": "model.max_length"})
 
 
 class MolformerRegressor(nn.Module):

@@ -29,7 +29,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import from_section
+from .config import check_fields, from_section
 from .metrics import regression_metrics
 from .molformer import draw_orthogonal_feature_stack
 from .regressor import MolformerRegressor, pick_device
@@ -49,7 +49,6 @@ class TrainingDivergence(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-PRECISIONS = ("fp32", "bf16")
 CHECK_EVERY_STEPS = 100
 """Steps between reads of the training loss (finiteness check, progress line); the step itself never reads it."""
 BUCKET_CHUNK_BATCHES = 50
@@ -77,21 +76,7 @@ class TrainConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        checks = {
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "eval_batch_size": self.eval_batch_size == "auto"
-            or (isinstance(self.eval_batch_size, int) and not isinstance(self.eval_batch_size, bool) and self.eval_batch_size >= 1),
-            "patience": self.patience >= 1,
-            "max_length": self.max_length >= 3,
-            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
-            "precision": self.precision in PRECISIONS,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"train.{bad[0]} has an invalid value: {getattr(self, bad[0])!r}")
+        check_fields(self, TRAIN_KEYS)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -105,6 +90,13 @@ class TrainConfig:
         if self.eval_batch_size != "auto":
             return int(self.eval_batch_size)
         return EVAL_BATCH_SIZE.get(torch.device(device).type, EVAL_BATCH_SIZE["cpu"])
+
+
+TRAIN_KEYS = {f.name: f"train.{f.name}" for f in fields(TrainConfig)} | {
+    "max_length": "model.max_length",
+    "truncation": "model.truncation",
+}
+"""Where each TrainConfig field lives in the config (the schema holds its type, range and default)."""
 
 
 @dataclass

@@ -147,7 +147,7 @@ def test_evaluate_matches_predict_and_metrics(tiny_encoder_dir, splits):
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="train.lr"):
         TrainConfig(lr=0)
-    with pytest.raises(ValueError, match=r"train\.learning_rate is not a known option"):
+    with pytest.raises(ValueError, match=r"unknown key 'learning_rate' in `train`"):
         TrainConfig.from_dict({"learning_rate": 1e-3})
 
 
