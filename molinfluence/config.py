@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import json
 import math
 import sys
 from collections.abc import Mapping
@@ -231,3 +232,47 @@ SEMANTIC_CHECKS = {"data": (_one_external_source, _fractions_leave_training)}
 """Per-section rules beyond the schema: each returns a message naming the key, or None."""
 CONFIG_CHECKS = (_layers_exist,)
 """Rules across sections (whole configuration only)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Documentation: the README's config-key table is checked against (and can be printed from) the schema.
+
+
+def schema_keys(schema: Mapping[str, Any] | None = None, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every documented config key, dotted, with its sub-schema: the leaves, and the groups (objects with properties,
+    e.g. ``model.random``) before their leaves."""
+    schema = _schema() if schema is None else schema
+    for name, sub in schema.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        yield key, sub
+        if sub.get("type") == "object" and "properties" in sub:
+            yield from schema_keys(sub, f"{key}.")
+
+
+def markdown_table() -> str:
+    """The config keys as a Markdown table (key, default, description) generated from the schema."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, sub in schema_keys():
+        if sub.get("type") == "object" and "properties" in sub and key.count(".") == 0:
+            continue  # a top-level section: its keys follow
+        default = json.dumps(sub["default"]) if "default" in sub and not isinstance(sub.get("default"), dict) else ""
+        meaning = " ".join(str(sub.get("description", "")).split())
+        if "enum" in sub and "enum" not in meaning:
+            meaning = (meaning + "; " if meaning else "") + "one of " + ", ".join(f"`{v}`" for v in sub["enum"])
+        lines.append(f"| `{key}` | {f'`{default}`' if default else ''} | {meaning.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The config contract (workflow/schemas/config.schema.yaml).")
+    parser.add_argument("--markdown", action="store_true", help="print every config key as a Markdown table")
+    parser.add_argument("config", nargs="?", help="a config file to validate (defaults filled, every problem listed)")
+    ns = parser.parse_args()
+    if ns.markdown:
+        print(markdown_table())
+    if ns.config:
+        with open(ns.config, encoding="utf-8") as fh:
+            validate_config(yaml.safe_load(fh) or {})
+        print(f"{ns.config}: valid")
