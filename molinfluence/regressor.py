@@ -194,6 +194,3 @@ def encode_frame(tokenizer: Any, frame: Any, max_length: int, truncation: bool =
     labels = torch.tensor(frame["label"].to_numpy(dtype="float32"))
     return enc.input_ids, enc.attention_mask, labels
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

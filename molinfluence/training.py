@@ -199,21 +199,6 @@ def eval_predictions(model: torch.nn.Module, split: DeviceSplit, batch_size: int
 
 
 @torch.no_grad()
-def predict(
-    model: MolformerRegressor,
-    tokenizer: Any,
-    smiles: Sequence[str],
-    *,
-    batch_size: int = 64,
-    max_length: int = 202,
-    truncation: bool = True,
-    device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """Predictions in eval mode (fixed feature map), in input order."""
-    enc = encode_smiles(tokenizer, list(smiles), max_length=max_length, truncation=truncation)
-    return _predict_encoded(model, enc, batch_size, device)
-
-
 def _predict_encoded(model: MolformerRegressor, enc, batch_size: int, device) -> np.ndarray:
     pred = eval_predictions(model, DeviceSplit.of(enc, device), batch_size)
     return pred.cpu().numpy().astype(np.float64)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from influence_reference import score_samples_loop
 from molinfluence.influence import (
     Batch,
     CurvatureOperator,
@@ -37,7 +38,6 @@ from molinfluence.influence import (
     loss_gradient,
     save_ihvp,
     score_samples,
-    score_samples_loop,
     select_params,
 )
 
