@@ -50,7 +50,7 @@ from molinfluence.influence import (  # noqa: E402
     score_samples,
 )
 from molinfluence.molformer import MolformerConfig, MolformerModel  # noqa: E402
-from molinfluence.regressor import MolformerRegressor, RegressorSpec, encode_frame  # noqa: E402
+from molinfluence.regressor import MolformerRegressor, RegressorSpec  # noqa: E402
 from molinfluence.tokenizer import build_smiles_tokenizer  # noqa: E402
 from influence_reference import score_samples_loop  # noqa: E402
 
@@ -94,7 +94,7 @@ def build(n_train: int, n_val: int, n_ext: int, epochs: int):
     model = MolformerRegressor(encoder, RegressorSpec())
 
     def batch(start: int, stop: int, name: str) -> Batch:
-        return Batch(*encode_frame(tokenizer, frame.iloc[start:stop], 202), name=name)
+        return Batch.encode(tokenizer, frame.iloc[start:stop], 202, name=name)
 
     train = batch(0, n_train, "train")
     val = batch(n_train, n_train + n_val, "validation")

@@ -41,8 +41,7 @@ from tqdm.auto import tqdm
 from .config import check_fields, from_section
 from .metrics import regression_metrics
 from .molformer import draw_orthogonal_feature_stack
-from .regressor import MolformerRegressor, pick_device
-from .tokenizer import encode_smiles
+from .regressor import MolformerRegressor, encode_split, pick_device
 
 
 class TrainingDivergence(RuntimeError):
@@ -111,24 +110,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def encode_checked(tokenizer: Any, frame: pd.DataFrame, cfg: TrainConfig, what: str = "input"):
-    """Tokenise ``frame.smiles``; molecules longer than ``max_length`` are truncated, or an error with
-    ``truncation: false``. ``frame.attrs["source"]`` (a file name), when set, names where the rows came from."""
-    smiles = frame["smiles"].tolist()
-    enc = encode_smiles(tokenizer, smiles, max_length=cfg.max_length, truncation=True)
-    if enc.n_truncated and not cfg.truncation:
-        long = [i for i, n in enumerate(enc.lengths) if n > cfg.max_length]
-        source = frame.attrs.get("source", f"the {what} split")
-        first = long[0]
-        raise ValueError(
-            f"{source}: {len(long)} of {len(smiles)} molecules have more than model.max_length={cfg.max_length} "
-            f"tokens (rows {', '.join(str(i + 1) for i in long[:5])}{', ...' if len(long) > 5 else ''}; row {first + 1} "
-            f"is {smiles[first]} with {enc.lengths[first]} tokens); set model.truncation: true to truncate them "
-            "explicitly, or remove them from the input"
-        )
-    return enc
 
 
 @dataclass
@@ -206,7 +187,7 @@ def _predict_encoded(model: MolformerRegressor, enc, batch_size: int, device) ->
 
 def evaluate(model: MolformerRegressor, tokenizer: Any, frame: pd.DataFrame, cfg: TrainConfig, device) -> tuple[dict, pd.DataFrame]:
     """Metrics (mse, rmse, mae, r2, n_truncated) and a predictions frame (smiles, truth, prediction) for one split."""
-    enc = encode_checked(tokenizer, frame, cfg, "evaluation")
+    enc = encode_split(tokenizer, frame, cfg.max_length, cfg.truncation, "evaluation")
     pred = _predict_encoded(model, enc, cfg.eval_batch_size_for(device), device)
     truth = frame["label"].to_numpy(dtype=np.float64)
     preds = pd.DataFrame({"smiles": frame["smiles"].to_numpy(), "truth": truth, "prediction": pred})
@@ -339,8 +320,8 @@ def train_regressor(
     model.to(device)
 
     fingerprint = run_fingerprint(cfg, model, train, weights)
-    enc_train = encode_checked(tokenizer, train, cfg, "training")
-    enc_val = encode_checked(tokenizer, validation, cfg, "validation")
+    enc_train = encode_split(tokenizer, train, cfg.max_length, cfg.truncation, "training")
+    enc_val = encode_split(tokenizer, validation, cfg.max_length, cfg.truncation, "validation")
     if enc_train.n_truncated or enc_val.n_truncated:
         log(f"truncated to {cfg.max_length} tokens: {enc_train.n_truncated} training, {enc_val.n_truncated} validation molecules")
     # Tokenised once, moved to the device once; batches are gathered there.

@@ -703,16 +703,16 @@ def load_inputs(
 ) -> tuple[nn.Module, Batch, Batch, Batch, pd.DataFrame]:
     """What the convex and estimator jobs start from: the base model on its device, the training, target and chosen
     splits as batches (tokenised as the model was trained), and the chosen table."""
-    from .regressor import encode_frame, load_regressor, pick_device
+    from .regressor import load_regressor, pick_device
 
     model, tokenizer = load_regressor(model_dir, device=pick_device(device))
 
-    def batch(frame: pd.DataFrame, name: str) -> Batch:
-        return Batch(*encode_frame(tokenizer, frame, model.spec.max_length, truncation), name=name)
+    def batch(table: Any, name: str) -> Batch:
+        return Batch.encode(tokenizer, table, model.spec.max_length, truncation, name)
 
     chosen = pd.read_csv(chosen_csv)
-    return (model, batch(pd.read_csv(train_csv), "train"), batch(pd.read_csv(target_csv), target_name),
-            batch(chosen, "chosen"), chosen)
+    chosen.attrs["source"] = chosen_csv
+    return (model, batch(train_csv, "train"), batch(target_csv, target_name), batch(chosen, "chosen"), chosen)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -216,14 +216,14 @@ SUBSET = ["molformer.encoder.layer.1.output", "molformer.LayerNorm", "head"]  # 
 @pytest.fixture(scope="module")
 def tiny_molformer(tiny_encoder_dir, molecules):
     """A tiny MoLFormer regressor fitted to 32 FreeSolv molecules; 16 validation and 32 external molecules."""
-    from molinfluence.regressor import RegressorSpec, encode_frame, new_regressor
+    from molinfluence.regressor import RegressorSpec, new_regressor
 
     model, tokenizer = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=0)
     frame = molecules.sample(n=80, random_state=0).reset_index(drop=True)
     frame["label"] = (frame["label"] - frame["label"][:32].mean()) / frame["label"][:32].std()
 
     def batch(rows: slice, name: str) -> Batch:
-        return Batch(*encode_frame(tokenizer, frame[rows], 202), name=name)
+        return Batch.encode(tokenizer, frame[rows], 202, name=name)
 
     train, val, ext = batch(slice(0, 32), "train"), batch(slice(32, 48), "validation"), batch(slice(48, 80), "external")
     torch.manual_seed(0)
