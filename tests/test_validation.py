@@ -1,6 +1,6 @@
 """Influence validation: sample choice, the paired retraining of the full setting, the convex reference against a
-closed-form refit (the issue's acceptance test: Spearman ≥ 0.9 with the default LiSSA), the bootstrap and the noise
-summary, the demo's results, and that the stage is planned only when enabled.
+closed-form refit (Spearman ≥ 0.9 with the default estimator), the estimators compared on the same samples, the
+bootstrap and the noise summary, the demo's results, and that the stage is planned only when enabled.
 
 The tiny model is a randomly initialised MoLFormer (conftest.py) on real FreeSolv molecules.
 """
@@ -422,6 +422,16 @@ def test_demo_reports_both_settings(demo):
     assert report["settings"]["convex"]["spearman"]["estimate"] >= 0.9
     per_sample = pd.read_csv(demo.results / "validation" / "effects.csv")
     assert len(per_sample) == 2 * demo_cfg["m"]
+    # every default estimator ran on all parameters of the demo model (none refused) and is in the one table
+    estimators = pd.read_csv(demo.results / "validation" / "estimators.csv")
+    assert estimators.estimator.tolist()[0] == "pipeline"
+    assert sorted(estimators.estimator[1:]) == sorted(e["name"] for e in ValidationArgs().estimators)
+    assert estimators.refused.isna().all() and estimators.pearson.between(-1, 1).all()
+    assert estimators.topk_overlap.between(0, 1).all() and (estimators.hvp_full_equivalents > 0).all()
+    assert (demo.results / "validation" / "estimators.png").stat().st_size > 0
+    stats = json.loads((demo.results / "influence" / "ihvp_stats.json").read_text())
+    assert (stats["method"], stats["curvature"], stats["params"]) == ("cg", "gauss_newton", "all")
+    assert stats["hvp_full_equivalents"] > 0 and stats["relative_residual"] < 0.01
     for png in ("influence_validation.png", "influence_validation_convex.png"):
         assert (demo.results / "validation" / png).stat().st_size > 0
 
