@@ -44,7 +44,7 @@ import yaml  # noqa: E402
 
 from molinfluence.config import validate_config  # noqa: E402
 from molinfluence.molformer import MolformerConfig, MolformerModel  # noqa: E402
-from molinfluence.regressor import MolformerRegressor, RegressorSpec, count_parameters, pick_device, save_regressor  # noqa: E402
+from molinfluence.regressor import MolformerRegressor, RegressorSpec, pick_device, save_regressor  # noqa: E402
 from molinfluence.tokenizer import build_smiles_tokenizer, encode_smiles  # noqa: E402
 from molinfluence.training import (  # noqa: E402
     DeviceSplit,
@@ -335,7 +335,7 @@ def main() -> None:
     n_train = len(train_split)
     lengths = np.array(train_split.lengths)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {device_name}; torch {torch.__version__}; model: --size {args.size}, {count_parameters(base) / 1e6:.2f} M "
+    print(f"device: {device_name}; torch {torch.__version__}; model: --size {args.size}, {sum(p.numel() for p in base.parameters()) / 1e6:.2f} M "
           f"parameters; data: {source}; training split {n_train} molecules, tokens mean {lengths.mean():.0f}, "
           f"95th percentile {np.percentile(lengths, 95):.0f}, max {lengths.max()}", flush=True)
 

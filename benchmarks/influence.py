@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the loop reference lives with the tests
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -47,11 +48,11 @@ from molinfluence.influence import (  # noqa: E402
     hvp,
     loss_gradient,
     score_samples,
-    score_samples_loop,
 )
 from molinfluence.molformer import MolformerConfig, MolformerModel  # noqa: E402
-from molinfluence.regressor import MolformerRegressor, RegressorSpec, encode_frame  # noqa: E402
+from molinfluence.regressor import MolformerRegressor, RegressorSpec  # noqa: E402
 from molinfluence.tokenizer import build_smiles_tokenizer  # noqa: E402
+from influence_reference import score_samples_loop  # noqa: E402
 
 DEMO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_random_features=16)
 SUBSET = ["molformer.encoder.layer.1.attention.output", "molformer.LayerNorm", "head"]  # 1,217 entries
@@ -93,7 +94,7 @@ def build(n_train: int, n_val: int, n_ext: int, epochs: int):
     model = MolformerRegressor(encoder, RegressorSpec())
 
     def batch(start: int, stop: int, name: str) -> Batch:
-        return Batch(*encode_frame(tokenizer, frame.iloc[start:stop], 202), name=name)
+        return Batch.encode(tokenizer, frame.iloc[start:stop], 202, name=name)
 
     train = batch(0, n_train, "train")
     val = batch(n_train, n_train + n_val, "validation")

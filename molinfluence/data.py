@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from molinfluence.config import check_fields, section_schema
 from molinfluence.files import atomic_path, json_text
 
 if TYPE_CHECKING:  # pandas/rdkit/sklearn are imported lazily so that importing this module stays cheap
@@ -48,8 +49,8 @@ __all__ = [
 #: File suffixes load_table reads, with the CSV field separator (None: parquet).
 SUPPORTED_SUFFIXES: dict[str, str | None] = {".csv": ",", ".tsv": "\t", ".parquet": None}
 _DELIMITERS = (",", "\t", ";", "|")  # separators a table exported by hand commonly uses
-INVALID_POLICIES = ("error", "drop")
-OVERLAP_KEYS = ("flat", "canonical")
+INVALID_POLICIES = tuple(section_schema("data.invalid_rows")["enum"])
+OVERLAP_KEYS = tuple(section_schema("data.overlap_key")["enum"])
 SPLIT_NAMES = ("train", "validation", "test")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_LISTED = 5
@@ -676,33 +677,9 @@ class DataConfig:
     overlap_key: str = "flat"
 
     def __post_init__(self) -> None:
-        if (self.external is None) == (self.external_holdout_fraction is None):
-            raise DataError(
-                "set exactly one of data.external.path (a file) and data.external.holdout_fraction, got "
-                f"external={self.external!r}, external_holdout_fraction={self.external_holdout_fraction!r}"
-            )
-        if self.external_holdout_fraction is not None:
-            _check_fraction("data.external.holdout_fraction", self.external_holdout_fraction)
-        if self.subsample is not None and (
-            isinstance(self.subsample, bool) or not isinstance(self.subsample, int) or self.subsample < 1
-        ):
-            raise DataError(f"data.dataset.subsample must be a positive integer or null, got {self.subsample!r}")
-        _check_fraction("data.test_fraction", self.test_fraction)
-        _check_fraction("data.validation_fraction", self.validation_fraction)
-        _check_seed(self.seed)
-        if self.invalid not in INVALID_POLICIES:
-            raise DataError(f"data.invalid_rows must be one of {', '.join(INVALID_POLICIES)}, got {self.invalid!r}")
-        if self.overlap_key not in OVERLAP_KEYS:
-            raise DataError(f"data.overlap_key must be one of {', '.join(OVERLAP_KEYS)}, got {self.overlap_key!r}")
         against = self.drop_external_overlap
-        against = (against,) if isinstance(against, str) else tuple(against)
-        unknown = [s for s in against if s not in SPLIT_NAMES]
-        if unknown:
-            raise DataError(
-                f"data.drop_external_overlap: unknown split(s) {', '.join(map(repr, unknown))}; "
-                f"choose from {', '.join(SPLIT_NAMES)}"
-            )
-        object.__setattr__(self, "drop_external_overlap", against)
+        object.__setattr__(self, "drop_external_overlap", (against,) if isinstance(against, str) else tuple(against))
+        check_fields(self, DATA_KEYS, error=DataError)
 
     @classmethod
     def from_section(cls, data: Mapping[str, Any]) -> DataConfig:
@@ -710,24 +687,9 @@ class DataConfig:
 
         Keys that are absent take this class's defaults; ``external.path: null`` selects the holdout.
         """
-        locations = {
-            "dataset": ("dataset", "path"),
-            "smiles_column": ("dataset", "smiles_column"),
-            "label_column": ("dataset", "label_column"),
-            "external": ("external", "path"),
-            "external_smiles_column": ("external", "smiles_column"),
-            "external_label_column": ("external", "label_column"),
-            "external_holdout_fraction": ("external", "holdout_fraction"),
-            "subsample": ("dataset", "subsample"),
-            "test_fraction": ("test_fraction",),
-            "validation_fraction": ("validation_fraction",),
-            "seed": ("seed",),
-            "invalid": ("invalid_rows",),
-            "drop_external_overlap": ("drop_external_overlap",),
-            "overlap_key": ("overlap_key",),
-        }
         kwargs: dict[str, Any] = {}
-        for name, keys in locations.items():
+        for name, key in DATA_KEYS.items():
+            keys = key.split(".")[1:]
             node: Any = data
             for key in keys:
                 if not isinstance(node, Mapping) or key not in node:
@@ -738,6 +700,25 @@ class DataConfig:
         if "dataset" not in kwargs:
             raise DataError("data.dataset.path is required (a hub dataset id, a local file or pkg:<package>/<file>)")
         return cls(**kwargs)
+
+
+DATA_KEYS = {
+    "dataset": "data.dataset.path",
+    "smiles_column": "data.dataset.smiles_column",
+    "label_column": "data.dataset.label_column",
+    "external": "data.external.path",
+    "external_smiles_column": "data.external.smiles_column",
+    "external_label_column": "data.external.label_column",
+    "external_holdout_fraction": "data.external.holdout_fraction",
+    "subsample": "data.dataset.subsample",
+    "test_fraction": "data.test_fraction",
+    "validation_fraction": "data.validation_fraction",
+    "seed": "data.seed",
+    "invalid": "data.invalid_rows",
+    "drop_external_overlap": "data.drop_external_overlap",
+    "overlap_key": "data.overlap_key",
+}
+"""Where each DataConfig field lives in the config (the schema holds its type, range and default)."""
 
 
 @dataclass

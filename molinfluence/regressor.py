@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import check_fields
 from .molformer import MolformerConfig, MolformerModel, ModelLoadError, load_encoder
 from .tokenizer import encode_smiles, load_tokenizer, save_tokenizer
 
 FORMAT_VERSION = 1
-POOLINGS = ("cls", "mean")
 
 
 @dataclass
@@ -44,12 +44,7 @@ class RegressorSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError(f"model.head_dropout must be in [0, 1), got {self.head_dropout}")
-        if self.max_length < 3:
-            raise ValueError(f"model.max_length must be >= 3 (room for <bos>, one token, <eos>), got {self.max_length}")
+        check_fields(self, {"pooling": "model.pooling", "head_dropout": "model.head_dropout", "max_length": "model.max_length"})
 
 
 class MolformerRegressor(nn.Module):
@@ -193,12 +188,29 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 
-def encode_frame(tokenizer: Any, frame: Any, max_length: int, truncation: bool = True) -> tuple[torch.Tensor, ...]:
-    """(input_ids, attention_mask, labels float32) for a table with ``smiles`` and ``label`` columns."""
-    enc = encode_smiles(tokenizer, frame["smiles"].tolist(), max_length=max_length, truncation=truncation)
+def encode_split(tokenizer: Any, frame: Any, max_length: int, truncation: bool = True, what: str = "input"):
+    """Tokenise ``frame.smiles`` as the model is trained and used: molecules longer than ``max_length`` tokens are
+    truncated, or with ``truncation: false`` refused by an error naming the file and rows. ``frame.attrs["source"]``
+    (a file name), when set, names where the rows came from; else ``what`` names the split."""
+    smiles = frame["smiles"].tolist()
+    enc = encode_smiles(tokenizer, smiles, max_length=max_length, truncation=True)
+    if enc.n_truncated and not truncation:
+        long = [i for i, n in enumerate(enc.lengths) if n > max_length]
+        source = frame.attrs.get("source", f"the {what} split")
+        first = long[0]
+        raise ValueError(
+            f"{source}: {len(long)} of {len(smiles)} molecules have more than model.max_length={max_length} "
+            f"tokens (rows {', '.join(str(i + 1) for i in long[:5])}{', ...' if len(long) > 5 else ''}; row {first + 1} "
+            f"is {smiles[first]} with {enc.lengths[first]} tokens); set model.truncation: true to truncate them "
+            "explicitly, or remove them from the input"
+        )
+    return enc
+
+
+def encode_frame(tokenizer: Any, frame: Any, max_length: int, truncation: bool = True, what: str = "input") -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, labels float32) for a table with ``smiles`` and ``label`` columns
+    (:func:`encode_split`)."""
+    enc = encode_split(tokenizer, frame, max_length, truncation, what)
     labels = torch.tensor(frame["label"].to_numpy(dtype="float32"))
     return enc.input_ids, enc.attention_mask, labels
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -29,7 +29,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -38,18 +38,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import from_section
+from .config import check_fields, from_section
 from .metrics import regression_metrics
 from .molformer import draw_orthogonal_feature_stack
-from .regressor import MolformerRegressor, pick_device
-from .tokenizer import encode_smiles
+from .regressor import MolformerRegressor, encode_split, pick_device
 
 
 class TrainingDivergence(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-PRECISIONS = ("fp32", "bf16")
 CHECK_EVERY_STEPS = 100
 """Steps between reads of the training loss (finiteness check, progress line); the step itself never reads it."""
 BUCKET_CHUNK_BATCHES = 50
@@ -77,21 +75,7 @@ class TrainConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        checks = {
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "eval_batch_size": self.eval_batch_size == "auto"
-            or (isinstance(self.eval_batch_size, int) and not isinstance(self.eval_batch_size, bool) and self.eval_batch_size >= 1),
-            "patience": self.patience >= 1,
-            "max_length": self.max_length >= 3,
-            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
-            "precision": self.precision in PRECISIONS,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"train.{bad[0]} has an invalid value: {getattr(self, bad[0])!r}")
+        check_fields(self, TRAIN_KEYS)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -107,6 +91,13 @@ class TrainConfig:
         return EVAL_BATCH_SIZE.get(torch.device(device).type, EVAL_BATCH_SIZE["cpu"])
 
 
+TRAIN_KEYS = {f.name: f"train.{f.name}" for f in fields(TrainConfig)} | {
+    "max_length": "model.max_length",
+    "truncation": "model.truncation",
+}
+"""Where each TrainConfig field lives in the config (the schema holds its type, range and default)."""
+
+
 @dataclass
 class TrainResult:
     history: pd.DataFrame  # epoch, train_loss, val_loss, is_best, seconds
@@ -119,24 +110,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def encode_checked(tokenizer: Any, frame: pd.DataFrame, cfg: TrainConfig, what: str = "input"):
-    """Tokenise ``frame.smiles``; molecules longer than ``max_length`` are truncated, or an error with
-    ``truncation: false``. ``frame.attrs["source"]`` (a file name), when set, names where the rows came from."""
-    smiles = frame["smiles"].tolist()
-    enc = encode_smiles(tokenizer, smiles, max_length=cfg.max_length, truncation=True)
-    if enc.n_truncated and not cfg.truncation:
-        long = [i for i, n in enumerate(enc.lengths) if n > cfg.max_length]
-        source = frame.attrs.get("source", f"the {what} split")
-        first = long[0]
-        raise ValueError(
-            f"{source}: {len(long)} of {len(smiles)} molecules have more than model.max_length={cfg.max_length} "
-            f"tokens (rows {', '.join(str(i + 1) for i in long[:5])}{', ...' if len(long) > 5 else ''}; row {first + 1} "
-            f"is {smiles[first]} with {enc.lengths[first]} tokens); set model.truncation: true to truncate them "
-            "explicitly, or remove them from the input"
-        )
-    return enc
 
 
 @dataclass
@@ -207,21 +180,6 @@ def eval_predictions(model: torch.nn.Module, split: DeviceSplit, batch_size: int
 
 
 @torch.no_grad()
-def predict(
-    model: MolformerRegressor,
-    tokenizer: Any,
-    smiles: Sequence[str],
-    *,
-    batch_size: int = 64,
-    max_length: int = 202,
-    truncation: bool = True,
-    device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """Predictions in eval mode (fixed feature map), in input order."""
-    enc = encode_smiles(tokenizer, list(smiles), max_length=max_length, truncation=truncation)
-    return _predict_encoded(model, enc, batch_size, device)
-
-
 def _predict_encoded(model: MolformerRegressor, enc, batch_size: int, device) -> np.ndarray:
     pred = eval_predictions(model, DeviceSplit.of(enc, device), batch_size)
     return pred.cpu().numpy().astype(np.float64)
@@ -229,7 +187,7 @@ def _predict_encoded(model: MolformerRegressor, enc, batch_size: int, device) ->
 
 def evaluate(model: MolformerRegressor, tokenizer: Any, frame: pd.DataFrame, cfg: TrainConfig, device) -> tuple[dict, pd.DataFrame]:
     """Metrics (mse, rmse, mae, r2, n_truncated) and a predictions frame (smiles, truth, prediction) for one split."""
-    enc = encode_checked(tokenizer, frame, cfg, "evaluation")
+    enc = encode_split(tokenizer, frame, cfg.max_length, cfg.truncation, "evaluation")
     pred = _predict_encoded(model, enc, cfg.eval_batch_size_for(device), device)
     truth = frame["label"].to_numpy(dtype=np.float64)
     preds = pd.DataFrame({"smiles": frame["smiles"].to_numpy(), "truth": truth, "prediction": pred})
@@ -362,8 +320,8 @@ def train_regressor(
     model.to(device)
 
     fingerprint = run_fingerprint(cfg, model, train, weights)
-    enc_train = encode_checked(tokenizer, train, cfg, "training")
-    enc_val = encode_checked(tokenizer, validation, cfg, "validation")
+    enc_train = encode_split(tokenizer, train, cfg.max_length, cfg.truncation, "training")
+    enc_val = encode_split(tokenizer, validation, cfg.max_length, cfg.truncation, "validation")
     if enc_train.n_truncated or enc_val.n_truncated:
         log(f"truncated to {cfg.max_length} tokens: {enc_train.n_truncated} training, {enc_val.n_truncated} validation molecules")
     # Tokenised once, moved to the device once; batches are gathered there.

@@ -63,7 +63,7 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,7 @@ from scipy import stats as sstats
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import from_section
+from .config import ConfigError, check_fields, from_section, schema_default
 from .influence import Batch, FeatureBatch, InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
 
 __all__ = [
@@ -115,35 +115,24 @@ _LBFGS_MAX_ROUNDS = 20
 # --------------------------------------------------------------------------------------------------------------------
 # Options
 
-DEFAULT_ESTIMATORS: list[dict[str, Any]] = [
-    {"name": "hessian_lissa_head", "method": "lissa", "curvature": "hessian", "params": "head"},
-    {"name": "gn_lissa_all", "method": "lissa", "curvature": "gauss_newton", "params": "all"},
-    {"name": "gn_cg_all", "method": "cg", "curvature": "gauss_newton", "params": "all"},
-    {"name": "ekfac_all", "method": "ekfac", "params": "all"},
-]
+DEFAULT_ESTIMATORS: list[dict[str, Any]] = schema_default("validation.estimators")
 """``validation.estimators`` by default: what the README's comparison table shows."""
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def check_estimators(specs: Any) -> list[dict[str, Any]]:
-    """Validate ``validation.estimators``: a list of ``{name, <influence keys>}`` with unique names; each entry's keys
-    must be valid ``influence`` options (their values override the influence section for that estimator)."""
-    if not isinstance(specs, (list, tuple)):
-        raise ValueError(f"validation.estimators must be a list of {{name: ..., <influence keys>}}, got {specs!r}")
+def check_estimators(specs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rules of ``validation.estimators`` the schema cannot say (it checks the list, the names and the keys):
+    names are unique, and each entry's values are valid ``influence`` options (they override the influence section
+    for that estimator)."""
     names: set[str] = set()
     out = []
     for i, spec in enumerate(specs):
         where = f"validation.estimators[{i}]"
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str) or not _NAME.match(spec["name"]):
-            raise ValueError(f"{where} must be a mapping with a name of letters, digits, '_', '.', '-', got {spec!r}")
         if spec["name"] in names:
-            raise ValueError(f"{where}: the name {spec['name']!r} is used twice")
+            raise ConfigError(f"{where}: the name {spec['name']!r} is used twice")
         names.add(spec["name"])
         try:
             estimator_args({}, spec)
         except ValueError as exc:
-            raise ValueError(f"{where} ({spec['name']}): {exc}") from None
+            raise ConfigError(f"{where} ({spec['name']}): {exc}") from None
         out.append(dict(spec))
     return out
 
@@ -172,34 +161,8 @@ class ValidationArgs:
     topk: int = 5
 
     def __post_init__(self) -> None:
-        def bad(key: str, need: str) -> ValueError:
-            return ValueError(f"validation.{key} must be {need}, got {getattr(self, key)!r}")
-
-        def is_int(x: Any) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
-
-        if not isinstance(self.enabled, bool):
-            raise bad("enabled", "true or false")
-        if not isinstance(self.train_mode, bool):
-            raise bad("train_mode", "true or false")
-        for key, low in (("m", 3), ("steps", 1), ("chunk_size", 1), ("bootstrap", 100), ("seed", 0)):
-            value = getattr(self, key)
-            if not is_int(value) or value < low:
-                raise bad(key, f"an integer >= {low}")
-        if self.batch_size is not None and (not is_int(self.batch_size) or self.batch_size < 1):
-            raise bad("batch_size", "an integer >= 1, or null for full-batch steps")
-        for key in ("lr", "weight_decay"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise bad(key, "a finite number >= 0")
-        if self.lr <= 0:
-            raise bad("lr", "> 0")
-        seeds = list(self.seeds) if isinstance(self.seeds, (list, tuple)) else None
-        if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-            raise bad("seeds", "a non-empty list of distinct integers >= 0")
-        self.seeds = seeds
-        if not is_int(self.topk) or self.topk < 1:
-            raise bad("topk", "an integer >= 1")
+        self.seeds = list(self.seeds) if isinstance(self.seeds, tuple) else self.seeds
+        check_fields(self, {f.name: f"validation.{f.name}" for f in fields(self)})
         self.estimators = check_estimators(self.estimators)
 
     @classmethod
@@ -740,16 +703,16 @@ def load_inputs(
 ) -> tuple[nn.Module, Batch, Batch, Batch, pd.DataFrame]:
     """What the convex and estimator jobs start from: the base model on its device, the training, target and chosen
     splits as batches (tokenised as the model was trained), and the chosen table."""
-    from .regressor import encode_frame, load_regressor, pick_device
+    from .regressor import load_regressor, pick_device
 
     model, tokenizer = load_regressor(model_dir, device=pick_device(device))
 
-    def batch(frame: pd.DataFrame, name: str) -> Batch:
-        return Batch(*encode_frame(tokenizer, frame, model.spec.max_length, truncation), name=name)
+    def batch(table: Any, name: str) -> Batch:
+        return Batch.encode(tokenizer, table, model.spec.max_length, truncation, name)
 
     chosen = pd.read_csv(chosen_csv)
-    return (model, batch(pd.read_csv(train_csv), "train"), batch(pd.read_csv(target_csv), target_name),
-            batch(chosen, "chosen"), chosen)
+    chosen.attrs["source"] = chosen_csv
+    return (model, batch(train_csv, "train"), batch(target_csv, target_name), batch(chosen, "chosen"), chosen)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -35,11 +35,9 @@ def main() -> None:
     args = p.parse_args()
     set_threads(args.threads)
 
-    import pandas as pd
-
     from molinfluence.files import write_json
     from molinfluence.influence import Batch, InfluenceArgs, compute_ihvp, save_ihvp
-    from molinfluence.regressor import encode_frame, load_regressor, pick_device
+    from molinfluence.regressor import load_regressor, pick_device
 
     if args.target_name == "test":
         print("WARNING: the influence target is the test split; the reported test metrics are then not independent "
@@ -48,8 +46,8 @@ def main() -> None:
     model, tokenizer = load_regressor(args.model, device=pick_device(args.device))
     truncation = not args.no_truncation
     max_length = model.spec.max_length
-    train = Batch(*encode_frame(tokenizer, pd.read_csv(args.train), max_length, truncation), name="train")
-    target = Batch(*encode_frame(tokenizer, pd.read_csv(args.target), max_length, truncation), name=args.target_name)
+    train = Batch.encode(tokenizer, args.train, max_length, truncation, "train")
+    target = Batch.encode(tokenizer, args.target, max_length, truncation, args.target_name)
     result = compute_ihvp(model, train, target, inf_args, progress=True)
     save_ihvp(result, args.out)
     write_json(args.out_stats, {"args": result.args, **result.stats})

@@ -49,12 +49,12 @@ def main() -> None:
 
     from molinfluence.files import atomic_path, write_csv
     from molinfluence.influence import Batch, load_ihvp, score_samples
-    from molinfluence.regressor import encode_frame, load_regressor, pick_device
+    from molinfluence.regressor import load_regressor, pick_device
 
     ihvp = load_ihvp(args.ihvp)
     model, tokenizer = load_regressor(args.model, device=pick_device(args.device))
     external = pd.read_csv(args.external)
-    batch = Batch(*encode_frame(tokenizer, external, model.spec.max_length, not args.no_truncation), name="external")
+    batch = Batch.encode(tokenizer, external, model.spec.max_length, not args.no_truncation, "external")
     scores = score_samples(model, ihvp, batch, batch_size=args.batch_size, progress=True)
 
     table = external[["ext_index", "smiles", "label"]].assign(score=scores.numpy())

@@ -45,18 +45,18 @@ def main() -> None:
 
     from molinfluence.files import write_csv
     from molinfluence.influence import Batch
-    from molinfluence.regressor import encode_frame, load_regressor, pick_device
+    from molinfluence.regressor import load_regressor, pick_device
     from molinfluence.validation import ValidationArgs, chunk_rows, full_effects
 
     recipe = ValidationArgs.from_dict({**args.recipe, "seeds": args.seeds}).recipe()
     model, tokenizer = load_regressor(args.model, device=pick_device(args.device))
     truncation, max_length = not args.no_truncation, model.spec.max_length
 
-    def batch(frame: pd.DataFrame, name: str) -> Batch:
-        return Batch(*encode_frame(tokenizer, frame, max_length, truncation), name=name)
+    def batch(table, name: str) -> Batch:
+        return Batch.encode(tokenizer, table, max_length, truncation, name)
 
-    train = batch(pd.read_csv(args.train), "train")
-    target = batch(pd.read_csv(args.target), args.target_name)
+    train = batch(args.train, "train")
+    target = batch(args.target, args.target_name)
     if args.baseline:
         samples, ext_index = None, None
         print(f"baselines: {len(train)} training molecules alone, seeds {args.seeds}")

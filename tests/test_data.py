@@ -431,13 +431,13 @@ def test_overlap_report_and_drop() -> None:
 
 
 def test_data_config_validation() -> None:
-    with pytest.raises(DataError, match="exactly one of data.external.path"):
+    with pytest.raises(DataError, match=r"`data\.external`: set exactly one of `path`"):
         DataConfig(dataset="d.csv")
-    with pytest.raises(DataError, match="exactly one of data.external.path"):
+    with pytest.raises(DataError, match=r"`data\.external`: set exactly one of `path`"):
         DataConfig(dataset="d.csv", external="e.csv", external_holdout_fraction=0.1)
     with pytest.raises(DataError, match="data.test_fraction"):
         DataConfig(dataset="d.csv", external="e.csv", test_fraction=0.0)
-    with pytest.raises(DataError, match="data.drop_external_overlap: unknown split"):
+    with pytest.raises(DataError, match=r"`data\.drop_external_overlap\.1`: 'tests' is not allowed"):
         DataConfig(dataset="d.csv", external="e.csv", drop_external_overlap=["validation", "tests"])
     with pytest.raises(DataError, match="data.invalid_rows"):
         DataConfig(dataset="d.csv", external="e.csv", invalid="ignore")
@@ -473,7 +473,7 @@ def test_subsample_is_a_seeded_sample_of_valid_rows(tmp_path: Path) -> None:
     assert small.report["dataset"]["subsample"] == 20 and small.report["config"]["subsample"] == 20
     assert DataConfig.from_section({"dataset": {"path": "d.csv", "subsample": 7}, "external": {"path": "e"}}).subsample == 7
     for bad in (0, -3, 2.5, True, "10"):
-        with pytest.raises(DataError, match="data.dataset.subsample must be a positive integer"):
+        with pytest.raises(DataError, match=r"`data\.dataset\.subsample`"):
             DataConfig(**cfg, subsample=bad)
 
 

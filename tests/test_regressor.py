@@ -85,3 +85,21 @@ def test_spec_rejects_bad_values():
         RegressorSpec(pooling="max")
     with pytest.raises(ValueError, match="model.max_length"):
         RegressorSpec(max_length=2)
+
+
+def test_influence_rows_refuse_over_long_molecules_naming_file_and_rows(tmp_path, tiny_encoder_dir, molecules):
+    """The influence and validation stages tokenise a split as training does: one function truncates or refuses."""
+    from molinfluence.influence import Batch
+    from molinfluence.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_encoder_dir))
+    frame = molecules.head(6).reset_index(drop=True)
+    long = max(range(len(frame)), key=lambda i: len(frame["smiles"][i]))
+    path = tmp_path / "external.csv"
+    frame.to_csv(path, index=False)
+    limit = len(tok(frame["smiles"][long])["input_ids"]) - 1
+    with pytest.raises(ValueError, match=rf"external\.csv: .*model\.max_length={limit} .*rows .*{long + 1}"):
+        Batch.encode(tok, path, limit, truncation=False, name="external")
+    rows = Batch.encode(tok, path, limit, truncation=True, name="external")
+    assert rows.input_ids.shape == (6, limit) and rows.name == "external"
+    assert torch.equal(rows.labels, torch.tensor(frame["label"].to_numpy(dtype="float32")))

@@ -112,11 +112,11 @@ def test_sample_choice_rejects_bad_input():
 
 def test_validation_args_name_the_bad_key():
     assert ValidationArgs.from_dict({"batch_size": None}).recipe().batch_size is None
-    with pytest.raises(ValueError, match="validation.stpes is not a known option"):
+    with pytest.raises(ValueError, match=r"unknown key 'stpes' \(did you mean 'steps'\?\) in `validation`"):
         ValidationArgs.from_dict({"stpes": 3})
-    with pytest.raises(ValueError, match="validation.seeds must be a non-empty list of distinct"):
+    with pytest.raises(ValueError, match=r"`validation\.seeds`: \[1, 1\] has non-unique elements"):
         ValidationArgs.from_dict({"seeds": [1, 1]})
-    with pytest.raises(ValueError, match="validation.m must be an integer >= 3"):
+    with pytest.raises(ValueError, match=r"`validation\.m`: 2 is less than the minimum of 3"):
         ValidationArgs.from_dict({"m": 2})
 
 
@@ -333,9 +333,9 @@ def test_topk_overlap_counts_the_shared_most_helpful_samples():
 def test_estimator_specs_name_the_bad_entry():
     with pytest.raises(ValueError, match=r"validation\.estimators\[1\]: the name 'a' is used twice"):
         check_estimators([{"name": "a"}, {"name": "a"}])
-    with pytest.raises(ValueError, match=r"validation\.estimators\[0\] \(a\): influence\.methd is not a known option"):
+    with pytest.raises(ValueError, match=r"validation\.estimators\[0\] \(a\): .*unknown key 'methd' .*in `influence`"):
         check_estimators([{"name": "a", "methd": "cg"}])
-    with pytest.raises(ValueError, match=r"validation\.estimators\[0\] must be a mapping with a name"):
+    with pytest.raises(ValueError, match=r"`validation\.estimators\.0`: 'name' is a required property"):
         ValidationArgs.from_dict({"estimators": [{"method": "cg"}]})
 
 

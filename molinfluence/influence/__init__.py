@@ -47,7 +47,7 @@ from .curvature import (
 )
 from .estimators import compute_ihvp, exact, holds, topk_stability
 from .io import FORMAT, IHVPResult, load_ihvp, save_ihvp
-from .scoring import directional_scores, score_samples, score_samples_loop
+from .scoring import directional_scores, score_samples
 from .solvers import SolveResult, cg, dense_solve, lissa, relative_residual, resolve_scale
 from .spectrum import EigenEstimate, estimate_eigs, estimate_spectrum, lanczos
 from .task import Batch, FeatureBatch, SubsetObjective, eval_mode, loss_gradient, select_params, split_loss
@@ -94,5 +94,4 @@ __all__ = [
     "load_ihvp",
     "directional_scores",
     "score_samples",
-    "score_samples_loop",
 ]

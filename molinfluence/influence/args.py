@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
-from ..config import from_section
+from ..config import check_fields, from_section, section_schema
 
 MAX_EXACT_PARAMS = 5000
 """Largest parameter subset the dense curvature matrix is built for (5000² float64 = 200 MB)."""
@@ -18,11 +16,10 @@ MAX_EXACT_PARAMS = 5000
 DIVERGENCE_FACTOR = 10.0
 """LiSSA's iterate may not exceed this multiple of the largest norm a convergent recursion can reach."""
 
-METHODS = ("lissa", "cg", "exact", "ekfac")
-CURVATURES = ("hessian", "gauss_newton")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-HVP_MODES = ("func", "double_backward")
-TARGETS = ("validation", "test")
+METHODS = tuple(section_schema("influence.method")["enum"])
+CURVATURES = tuple(section_schema("influence.curvature")["enum"])
+HVP_MODES = tuple(section_schema("influence.hvp_mode")["enum"])
+DTYPES = {name: getattr(torch, name) for name in section_schema("influence.dtype")["enum"]}
 
 
 class InfluenceDivergence(RuntimeError):
@@ -110,57 +107,9 @@ class InfluenceArgs:
     score_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid key (``influence.<key>``) and what it must be."""
-
-        def bad(key: str, need: str) -> ValueError:
-            return ValueError(f"influence.{key} must be {need}, got {getattr(self, key)!r}")
-
-        def is_int(x: Any) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
-
-        def is_num(x: Any) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        if self.method not in METHODS:
-            raise bad("method", f"one of {list(METHODS)}")
-        if self.curvature not in CURVATURES:
-            raise bad("curvature", f"one of {list(CURVATURES)}")
-        if isinstance(self.params, str):
-            if not self.params:
-                raise bad("params", "'all', a parameter group of the model (e.g. 'head', 'last_layers:K') or a list of parameter-name prefixes")
-            if self.params.startswith("last_layers") and not re.fullmatch(r"last_layers:[1-9][0-9]*", self.params):
-                raise bad("params", "of the form 'last_layers:K' with an integer K > 0")
-        elif isinstance(self.params, (list, tuple)):
-            if not self.params or not all(isinstance(p, str) and p for p in self.params):
-                raise bad("params", "a non-empty list of non-empty parameter-name prefixes")
+        if isinstance(self.params, tuple):
             self.params = list(self.params)
-        else:
-            raise bad("params", "'all', a parameter group of the model (e.g. 'head', 'last_layers:K') or a list of parameter-name prefixes")
-        if self.target not in TARGETS:
-            raise bad("target", f"one of {list(TARGETS)}")
-        if not is_num(self.damping) or self.damping < 0:
-            raise bad("damping", "a finite number >= 0")
-        if self.scale != "auto" and not (is_num(self.scale) and self.scale > 0):
-            raise bad("scale", "'auto' or a number > 0")
-        if not is_num(self.safety_factor) or self.safety_factor < 1:
-            raise bad("safety_factor", "a number >= 1 (the scale must exceed the largest eigenvalue of C + λI)")
-        for key in ("depth", "repeats", "batch_size", "patience", "cg_iters", "chunk_size", "spectrum_iters",
-                    "spectrum_samples", "topk", "score_batch_size"):
-            value = getattr(self, key)
-            if not is_int(value) or value <= 0:
-                raise ValueError(f"influence.{key} must be > 0 (an integer), got {value!r}")
-        for key in ("tolerance", "cg_tolerance"):
-            if not is_num(getattr(self, key)) or getattr(self, key) <= 0:
-                raise bad(key, "a number > 0")
-        if not is_int(self.seed) or self.seed < 0:
-            raise bad("seed", "an integer >= 0")
-        if self.dtype not in DTYPES:
-            raise bad("dtype", f"one of {list(DTYPES)}")
-        if self.hvp_mode not in HVP_MODES:
-            raise bad("hvp_mode", f"one of {list(HVP_MODES)}")
+        check_fields(self, {f.name: f"influence.{f.name}" for f in fields(self)})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (round-trips through :meth:`from_dict`)."""

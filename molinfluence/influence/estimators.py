@@ -104,7 +104,6 @@ def compute_ihvp(
     """
     if not isinstance(args, InfluenceArgs):
         args = InfluenceArgs.from_dict(args)
-    args.validate()
     start = time.perf_counter()
     other = 0.0  # gradient and probe passes, in full-split units
     with eval_mode(model):

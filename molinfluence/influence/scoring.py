@@ -69,16 +69,3 @@ def score_samples(
         scores = directional_scores(obj, s, external, batch_size, progress)
     return _check_scores(scores, external)
 
-
-def score_samples_loop(model: nn.Module, ihvp: IHVPResult, external: Rows, progress: bool = False) -> torch.Tensor:
-    """Reference implementation of :func:`score_samples`: one sample at a time, ``−sᵀ∇θ ℓ(z)`` by backward autograd."""
-    out = []
-    with eval_mode(model):
-        obj, s = _scoring_objective(model, ihvp)
-        for i in tqdm(range(len(external)), desc="scoring (loop)", disable=not progress, leave=False):
-            chunk = external.subset([i])
-            theta = obj.theta0.detach().requires_grad_(True)
-            loss = (obj.predict(theta, chunk) - obj.labels(chunk)).square().sum()
-            (g,) = torch.autograd.grad(loss, theta)
-            out.append(-torch.dot(g, s).detach().to("cpu", torch.float64))
-    return _check_scores(torch.stack(out), external)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,6 +104,20 @@ class Batch(_Rows):
         width = int(used[-1]) + 1 if len(used) else mask.shape[1]
         labels, weights = self._pick(idx)
         return Batch(self.input_ids.index_select(0, idx)[:, :width], mask[:, :width], labels, weights, self.name)
+
+    @classmethod
+    def encode(cls, tokenizer: Any, table: Any, max_length: int, truncation: bool = True, name: str = "input") -> Batch:
+        """A labelled table (``smiles``, ``label``; a DataFrame or a CSV path) encoded as the model was trained: the
+        one tokenisation of a split (:func:`molinfluence.regressor.encode_split`, which truncates or refuses over-long
+        molecules naming the file and rows)."""
+        import pandas as pd
+
+        from ..regressor import encode_frame  # the engine itself knows no MoLFormer; only this constructor does
+
+        if not isinstance(table, pd.DataFrame):
+            path, table = str(table), pd.read_csv(table)
+            table.attrs["source"] = path
+        return cls(*encode_frame(tokenizer, table, max_length, truncation, name), name=name)
 
 
 @dataclass
