@@ -194,11 +194,11 @@ def evaluate(model: MolformerRegressor, tokenizer: Any, frame: pd.DataFrame, cfg
     return {**regression_metrics(truth, pred), "n_truncated": enc.n_truncated}, preds
 
 
-def _validation_loss(model, enc, labels: torch.Tensor, cfg: TrainConfig, device) -> float:
-    """Mean squared error in eval mode over an encoded split (``enc`` an encoding or a :class:`DeviceSplit`)."""
-    split = enc if isinstance(enc, DeviceSplit) else DeviceSplit.of(enc, device)
-    pred = eval_predictions(model, split, cfg.eval_batch_size_for(device))
-    target = labels.to(pred.device, torch.float64)
+def split_mse(model: torch.nn.Module, split: DeviceSplit, batch_size: int) -> float:
+    """Mean squared error of ``model`` in eval mode over a labelled split (accumulated in float64): the validation loss
+    of early stopping and the target loss that the influence validation stage measures."""
+    pred = eval_predictions(model, split, batch_size)
+    target = split.labels.to(pred.device, torch.float64)
     return float((pred.double() - target).square().sum()) / max(len(split), 1)
 
 
@@ -396,7 +396,7 @@ def train_regressor(
             draws.close()
             if bar is not None:
                 bar.close()
-        val_loss = _validation_loss(model, val, val.labels, cfg, device)
+        val_loss = split_mse(model, val, cfg.eval_batch_size_for(device))
         if not math.isfinite(val_loss):
             raise TrainingDivergence(f"non-finite validation loss at epoch {epoch}: lower train.lr or set train.grad_clip")
         is_best = val_loss < best_val

@@ -75,6 +75,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, check_fields, from_section, schema_default
 from .influence import Batch, FeatureBatch, InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
+from .training import DeviceSplit, split_mse
 
 __all__ = [
     "ValidationArgs",
@@ -244,18 +245,16 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
 def target_loss(model: nn.Module, target: Batch, batch_size: int = EVAL_BATCH_SIZE) -> float:
-    """Mean squared error of ``model`` in eval mode over ``target`` (accumulated in float64)."""
+    """Mean squared error of ``model`` in eval mode over ``target`` (:func:`molinfluence.training.split_mse`, the
+    same computation as the training loop's validation loss); the model's train/eval mode is restored."""
     was_training = model.training
-    model.eval()
     device = _device_of(model)
-    total = 0.0
-    for chunk in target.chunks(batch_size):
-        pred = model(chunk.input_ids.to(device), chunk.attention_mask.to(device)).double()
-        total += float((pred - chunk.labels.to(device).double()).square().sum())
-    model.train(was_training)
-    return total / len(target)
+    split = DeviceSplit.of(target, device, target.labels)
+    try:
+        return split_mse(model, split, batch_size)
+    finally:
+        model.train(was_training)
 
 
 def _rng_devices(device: torch.device) -> list[int]:

@@ -13,7 +13,7 @@ from molinfluence.training import (
     FeatureDraws,
     TrainConfig,
     TrainingDivergence,
-    _validation_loss,
+    split_mse,
     evaluate,
     length_batches,
     train_regressor,
@@ -46,7 +46,7 @@ def test_best_validation_weights_are_restored(tiny_encoder_dir, splits):
     hist = result.history
     assert result.best_epoch == int(hist.loc[hist.val_loss.idxmin(), "epoch"])
     enc = encode_smiles(tok, val["smiles"].tolist())
-    restored = _validation_loss(model, enc, torch.tensor(val["label"].to_numpy(np.float32)), cfg, "cpu")
+    restored = split_mse(model, DeviceSplit.of(enc, "cpu", torch.tensor(val["label"].to_numpy(np.float32))), 64)
     assert restored == pytest.approx(hist.val_loss.min(), rel=1e-6)
     assert hist.is_best.sum() >= 1 and hist.loc[hist.is_best, "epoch"].max() == result.best_epoch
 
