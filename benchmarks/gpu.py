@@ -2,6 +2,7 @@
 config.yaml's whole DAG from those figures (issue 10). All ratios are measured in the same run.
 
     python benchmarks/gpu.py [--size xl|narrow|demo] [--data CSV] [--device auto|cpu|cuda[:N]] [--quick] [--threads N] [--no-ihvp]
+                            [--concurrent N]
 
 ``--size xl``: MoLFormer-XL's dimensions (hidden 768, 12 layers, 12 heads, intermediate 768, 32 random features,
 vocabulary 2362, max 202 tokens) with random weights (42.6 M parameters); ``narrow``: 12 layers of width 96 (the CPU
@@ -17,8 +18,9 @@ same bare loop with every batch padded to the split's longest, as the loop did b
 fine-tune job (a subprocess doing imports, device initialisation and model loading); the default curvature's product
 on a mini-batch and on the full training split; the default config's IHVP run through ``compute_ihvp`` (seconds, and
 ``hvp_full_equivalents`` against the pre-issue-11 default's ~81; ``--no-ihvp`` prints an upper bound instead); scoring the external pool; peak
-memory; and the projected wall time of config.yaml's DAG, with one fine-tune job per seed and with one per
-condition (all its seeds in one process).
+memory; the throughput of several training processes sharing the device (one epoch each, ``--concurrent N``, default
+config.yaml's ``finetune.concurrent_seeds``) against one; and the projected wall time of config.yaml's DAG, with one
+fine-tune job per seed, with one per condition (all its seeds in one process), and with its seeds N at a time.
 """
 
 from __future__ import annotations
@@ -285,6 +287,59 @@ def job_fixed_cost(model: MolformerRegressor, tokenizer: Any, device: torch.devi
     return best
 
 
+CONCURRENT_CODE = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import torch
+torch.set_num_threads({threads})
+import pandas as pd
+from molinfluence.regressor import load_regressor, pick_device
+from molinfluence.training import TrainConfig, train_regressor
+device = pick_device({device!r})
+model, tok = load_regressor({model!r}, device=device)
+train, validation = pd.read_csv({train!r}), pd.read_csv({validation!r})
+open({ready!r}, "w").close()
+while not os.path.exists({go!r}):
+    time.sleep(0.002)
+cfg = TrainConfig(epochs=1, batch_size=16, device=str(device), seed={seed})
+train_regressor(model, tok, train, validation, cfg, progress=False, log=lambda _: None)
+if device.type == "cuda":
+    torch.cuda.synchronize()
+print(time.time())
+"""
+
+
+def concurrent_epochs(model: MolformerRegressor, tokenizer: Any, tables: dict[str, pd.DataFrame], device: torch.device,
+                      n: int, threads: int) -> float:
+    """Wall seconds for ``n`` processes (seeds 0..n-1) to each train one epoch through ``train_regressor`` on this
+    device, started together once all have loaded (what ``finetune.concurrent_seeds: n`` does inside a condition job;
+    imports and loading are the job's fixed cost, measured separately)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        save_regressor(copy.deepcopy(model).cpu(), tokenizer, root / "model")
+        for name in ("train", "validation"):
+            tables[name][["smiles", "label"]].to_csv(root / f"{name}.csv", index=False)
+        procs = []
+        for seed in range(n):
+            code = CONCURRENT_CODE.format(repo=str(REPO), threads=threads, device=str(device), model=str(root / "model"),
+                                          train=str(root / "train.csv"), validation=str(root / "validation.csv"),
+                                          ready=str(root / f"ready{seed}"), go=str(root / "go"), seed=seed)
+            procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True))
+        while not all((root / f"ready{seed}").exists() for seed in range(n)):
+            if any(proc.poll() not in (None, 0) for proc in procs):
+                sys.exit("a concurrent training process failed (its stderr is above)")
+            time.sleep(0.01)
+        t0 = time.time()
+        (root / "go").touch()
+        ends = []
+        for proc in procs:
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                sys.exit("a concurrent training process failed (its stderr is above)")
+            ends.append(float(out.strip().splitlines()[-1]))
+    return max(ends) - t0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # DAG projection
 
@@ -313,6 +368,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="768 training molecules, fewer timed steps")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-ihvp", action="store_true", help="do not run the default IHVP; print its upper-bound cost")
+    p.add_argument("--concurrent", type=int, default=None,
+                   help="training processes sharing the device (default: config.yaml's finetune.concurrent_seeds)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -391,9 +448,20 @@ def main() -> None:
     fixed_s = job_fixed_cost(base, tokenizer, device, 1 if args.quick else 2)
     row("fixed cost of a fine-tune job (new process: imports, device init, model load)", f"{fixed_s:.2f} s")
 
+    # 4b. Several seeds training at once on this device (finetune.concurrent_seeds).
+    config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    n_concurrent = args.concurrent or config["finetune"]["concurrent_seeds"]
+    speedup = 1.0
+    if n_concurrent > 1:
+        threads = torch.get_num_threads()
+        one_s = concurrent_epochs(base, tokenizer, tables, device, 1, threads)
+        many_s = concurrent_epochs(base, tokenizer, tables, device, n_concurrent, threads)
+        speedup = n_concurrent * one_s / many_s
+        row(f"{n_concurrent} seeds training at once (separate processes, one epoch each, {threads} thread(s) each)",
+            f"{many_s:.2f} s vs {one_s:.2f} s for one: throughput {speedup:.2f}x one seed at a time")
+
     # 5. Influence: HVPs, IHVP projection, scoring.
     api = influence_api()
-    config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     inf_args = api["InfluenceArgs"].from_dict(config["influence"])
     trained = copy.deepcopy(model).to(device).eval()
     batch = {k: api["Batch"](enc[k].input_ids, enc[k].attention_mask, labels[k], name=k)
@@ -448,13 +516,18 @@ def main() -> None:
     epochs_s = seeds * sum(ft_epochs * (real_train + added) / mol_per_s for added in conditions)
     per_seed_jobs = epochs_s + len(conditions) * seeds * fixed_s
     per_condition_jobs = epochs_s + len(conditions) * fixed_s
+    # n seeds at once: waves of n seeds, each wave taking n / speedup times one seed's time.
+    workers = min(n_concurrent, seeds)
+    concurrent_jobs = epochs_s / seeds * math.ceil(seeds / workers) * workers / speedup + len(conditions) * fixed_s
     rest = base_s + ihvp_s + score_s + 2 * fixed_s
     row("projected train_base (no early stop)", f"{base_s:.0f} s")
     row(f"projected fine-tune grid: {len(conditions)} conditions x {seeds} seeds x {ft_epochs} epochs (no early stop)",
         f"{epochs_s / 60:.1f} min of epochs; + job starts: {per_seed_jobs / 60:.1f} min with one job per seed, "
-        f"{per_condition_jobs / 60:.1f} min with one job per condition")
-    row("projected config.yaml DAG (train_base + IHVP + scoring + fine-tunes, sequential on this device)",
-        f"{(rest + per_seed_jobs) / 60:.1f} min (job per seed), {(rest + per_condition_jobs) / 60:.1f} min (job per condition)")
+        f"{per_condition_jobs / 60:.1f} min with one job per condition"
+        + (f", {concurrent_jobs / 60:.1f} min with {workers} seeds at a time" if workers > 1 else ""))
+    row("projected config.yaml DAG (train_base + IHVP + scoring + fine-tunes, one job at a time on this device)",
+        f"{(rest + per_seed_jobs) / 60:.1f} min (job per seed), {(rest + per_condition_jobs) / 60:.1f} min (job per condition)"
+        + (f", {(rest + concurrent_jobs) / 60:.1f} min (job per condition, {workers} seeds at a time)" if workers > 1 else ""))
 
     width = max(len(w) for w, _ in rows)
     print(f"\n{'what'.ljust(width)} | measured")

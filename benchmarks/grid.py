@@ -1,12 +1,14 @@
 """Fixed cost per fine-tuned seed: one condition job with N seeds vs N single-seed jobs, measured in one run.
 
-    python benchmarks/grid.py [--seeds 2] [--epochs 1] [--size demo|xl] [--threads N]
+    python benchmarks/grid.py [--seeds 2] [--epochs 1] [--size demo|xl] [--threads N] [--concurrent N]
 
 Runs ``scripts/finetune.py`` as the workflow's ``finetune`` rule does, in fresh result folders (no cache hits):
 
 A. one process that trains seeds 0..N-1 (the condition job);
 B. N processes, one seed each (the old one-job-per-seed grid);
-C. A's process again with one more seed: the N finished seeds are restored from the cache, one trains.
+C. A's process again with one more seed: the N finished seeds are restored from the cache, one trains;
+D. with ``--concurrent C`` > 1: A's job with its seeds trained C at a time in worker processes sharing the device
+   (``finetune.concurrent_seeds``), each with ``--threads`` threads (pass the job ``C x threads`` cores, as the rule does).
 
 A seed's fixed cost is its time outside training epochs (start model, tokenising, evaluation, writing: the seed's
 time as the script logs it minus its epochs' seconds in train_log.csv) plus its share of the process's time outside
@@ -62,7 +64,8 @@ def prepare(root: Path, size: str):
     return paths, pool
 
 
-def run_job(results: Path, inputs: dict, seeds: list[int], epochs: int, threads: int) -> tuple[float, float, str]:
+def run_job(results: Path, inputs: dict, seeds: list[int], epochs: int, threads: int,
+            concurrent: int = 1) -> tuple[float, float, str]:
     """One finetune.py process; returns (wall seconds, seconds in its seeds' training epochs, its log).
 
     The log says how long each trained seed took in all (``seed N: trained in S s``)."""
@@ -75,7 +78,8 @@ def run_job(results: Path, inputs: dict, seeds: list[int], epochs: int, threads:
            "--strategy", "random", "--k", "20", "--seeds", *map(str, seeds), "--args", json.dumps(recipe),
            "--spec", json.dumps({"pooling": "cls", "head_dropout": 0.0, "max_length": 202}),
            "--start", str(inputs["start"]), "--train", str(inputs["train"]), "--validation", str(inputs["validation"]),
-           "--test", str(inputs["test"]), "--code", "benchmark", "--threads", str(threads)]
+           "--test", str(inputs["test"]), "--code", "benchmark", "--concurrent", str(concurrent),
+           "--threads", str(threads * min(concurrent, len(seeds)))]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -92,7 +96,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--size", choices=sorted(SIZES), default="demo")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    p.add_argument("--concurrent", type=int, default=1, help="D: also run A's job with this many seeds at a time")
     args = p.parse_args()
 
     from molinfluence.files import write_csv
@@ -117,6 +122,8 @@ def main() -> None:
         b_wall, b_trained = sum(w for w, _, _ in b), sum(t for _, t, _ in b)
         c_wall, c_trained, c_log = run_job(root / "A", inputs, [*seeds, args.seeds], args.epochs, args.threads)
         restored = c_log.count("restored the finished run")
+        if args.concurrent > 1:
+            d_wall, d_trained, _ = run_job(results("D"), inputs, seeds, args.epochs, args.threads, args.concurrent)
 
     n = args.seeds
     print(f"fine-tune grid, {args.size} model, {args.epochs} epoch(s), {n} seeds, {args.threads} thread(s)")
@@ -126,10 +133,16 @@ def main() -> None:
     print(f"| B: {n} processes, 1 seed each | {b_wall:.2f} | {b_trained:.2f} | {(b_wall - b_trained) / n:.2f} |")
     print(f"| C: A again + 1 seed ({restored} restored) | {c_wall:.2f} | {c_trained:.2f} | "
           f"{c_wall - c_trained:.2f} (the new seed) |")
+    if args.concurrent > 1:
+        print(f"| D: one process, {n} seeds, {args.concurrent} at a time (worker processes) | {d_wall:.2f} | "
+              f"{d_trained:.2f} (summed over seeds running at once) | {(d_wall - a_trained) / n:.2f} (A's epochs "
+              f"subtracted) |")
     print(f"inside A: {a_wall - a_seeds:.2f} s for the process (start, imports, device, inputs), "
           f"{(a_seeds - a_trained) / n:.2f} s per seed outside its epochs (start model, tokenising, evaluation, writing)")
     print(f"B / A wall time: {b_wall / a_wall:.2f}x; fixed cost per seed B / A: "
           f"{(b_wall - b_trained) / max(a_wall - a_trained, 1e-9):.2f}x")
+    if args.concurrent > 1:
+        print(f"A / D wall time ({args.concurrent} seeds at a time vs one at a time): {a_wall / d_wall:.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 A fine-tuning condition ``(init, strategy, k)`` trains all its seeds in one process, so imports, device start-up and
 reading the splits are paid once per condition, not once per seed. Each seed still writes its own ``metrics.json``,
 ``predictions.csv``, ``train_log.csv`` (and ``model/`` with ``finetune.keep_models``) to its own run directory.
+With ``finetune.concurrent_seeds`` > 1 the job trains several seeds at once in worker processes that share the
+device (a GPU is idle most of a small training step; other processes' kernels fill that time), each seed's numbers
+unchanged.
 
 Reruns stay per seed. Snakemake deletes a job's declared outputs before the job runs, so each finished seed is also
 kept in a cache entry outside the outputs, ``<results>/.cache/finetune/{init}/{strategy}/k{k}/seed{s}/``, with the key
@@ -18,14 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
+import torch
 
 from .files import atomic_path, sha256_files, write_csv, write_json
 from .grid import Condition
@@ -161,6 +167,50 @@ def run_key(code: str, cfg: TrainConfig, spec: Mapping[str, Any], run: Condition
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class SeedJob:
+    """One seed of a condition to train: everything a worker process needs (picklable)."""
+
+    run: Condition
+    key: str
+    recipe: Mapping[str, Any]
+    start: str
+    spec: Mapping[str, Any]
+    splits: Mapping[str, str]
+    results: str
+    keep_models: bool
+
+
+def train_seed(job: SeedJob, data: Splits, *, log: Callable[[str], None] = print, progress: bool = True) -> float:
+    """Train one seed, write it to its cache entry, restore it into its run directory; returns seconds."""
+    t0 = time.perf_counter()
+    run, results = job.run, job.results
+    cfg = TrainConfig.from_dict({**job.recipe, "seed": run.seed})
+    selection_file = run.selection_path(results)
+    entry, out = Path(run.path(f"{results}/.cache")), Path(run.path(results))
+    resume = Path(run.path(f"{results}/.resume"))
+    result = train_run(run.init, job.start, job.spec, cfg, data, selection=pd.read_csv(selection_file),
+                       selection_source=selection_file, resume_dir=resume, log=log, progress=progress)
+    result.metrics.update(run.record())
+    with atomic_path(entry, directory=True) as tmp:
+        write_run(result, metrics=tmp / "metrics.json", predictions=tmp / "predictions.csv",
+                  log=tmp / "train_log.csv", model=tmp / MODEL_DIR if job.keep_models else None)
+        (tmp / KEY_FILE).write_text(job.key)
+    if not restore(entry, job.key, out, model=job.keep_models):
+        raise RuntimeError(f"{entry}: the run just written could not be restored")
+    shutil.rmtree(resume, ignore_errors=True)
+    return time.perf_counter() - t0
+
+
+def _train_seed_in_worker(job: SeedJob, threads: int) -> float:
+    """A worker process's whole task: the same ``train_seed`` as the sequential path, with the parent's thread count,
+    logging to the inherited stdout (the rule's log) with the seed in front of every line."""
+    torch.set_num_threads(threads)
+    splits = job.splits
+    data = Splits.read(splits["train"], splits["validation"], splits["test"])
+    return train_seed(job, data, log=lambda m: print(f"[seed {job.run.seed}] {m}", flush=True), progress=False)
+
+
 def finetune_condition(
     condition: Condition,
     seeds: Iterable[int],
@@ -172,6 +222,7 @@ def finetune_condition(
     splits: Mapping[str, str | Path],
     code: str,
     keep_models: bool = False,
+    concurrent: int = 1,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[int, str]:
@@ -180,36 +231,55 @@ def finetune_condition(
     ``recipe`` is the training recipe without its seed (each run's seed is one of ``seeds``); ``splits`` maps train,
     validation and test to their files; ``code`` is the hash of the training code (part of every run's cache key).
     Outputs go to ``condition.with_seed(s).path(results)``, selections are read from ``.selection_path(results)``.
+
+    ``concurrent`` > 1 trains up to that many seeds at once, each in its own (spawned) worker process running the same
+    ``train_seed`` with this process's torch thread count, all on the recipe's device: on a GPU, where a small step
+    leaves the device idle while Python dispatches kernels, several processes fill that idle time. Each seed's
+    metrics and predictions are those of the sequential path (tested byte for byte on CPU). Workers log to stdout, not to ``log``. A
+    seed that fails does not stop the others; the first failure is raised once all have finished.
     """
+    if int(concurrent) < 1:
+        raise ValueError(f"finetune.concurrent_seeds must be at least 1, got {concurrent}")
     results = str(results)
     t0 = time.perf_counter()
     data = Splits.read(splits["train"], splits["validation"], splits["test"])
+    paths = {name: str(path) for name, path in splits.items()}
     shared = {"start": content_hash(start), **{name: content_hash(path) for name, path in splits.items()}}
     log(f"{condition}: inputs read and fingerprinted in {time.perf_counter() - t0:.2f} s")
     done: dict[int, str] = {}
+    pending: list[SeedJob] = []
     for run in condition.runs(seeds):
-        t0 = time.perf_counter()
         cfg = TrainConfig.from_dict({**recipe, "seed": run.seed})
-        selection_file = run.selection_path(results)
-        key = run_key(code, cfg, spec, run, {**shared, "selection": content_hash(selection_file)})
+        key = run_key(code, cfg, spec, run, {**shared, "selection": content_hash(run.selection_path(results))})
         entry, out = Path(run.path(f"{results}/.cache")), Path(run.path(results))
         if restore(entry, key, out, model=keep_models):
             log(f"seed {run.seed}: restored the finished run from {entry} (same code, recipe and inputs)")
             done[run.seed] = "restored"
-            continue
-        log(f"seed {run.seed}: training {run}")
-        resume = Path(run.path(f"{results}/.resume"))
-        selection = pd.read_csv(selection_file)
-        result = train_run(condition.init, start, spec, cfg, data, selection=selection, selection_source=selection_file,
-                           resume_dir=resume, log=log, progress=progress)
-        result.metrics.update(run.record())
-        with atomic_path(entry, directory=True) as tmp:
-            write_run(result, metrics=tmp / "metrics.json", predictions=tmp / "predictions.csv",
-                      log=tmp / "train_log.csv", model=tmp / MODEL_DIR if keep_models else None)
-            (tmp / KEY_FILE).write_text(key)
-        if not restore(entry, key, out, model=keep_models):
-            raise RuntimeError(f"{entry}: the run just written could not be restored")
-        shutil.rmtree(resume, ignore_errors=True)
-        done[run.seed] = "trained"
-        log(f"seed {run.seed}: trained in {time.perf_counter() - t0:.2f} s")
-    return done
+        else:
+            pending.append(SeedJob(run, key, dict(recipe), str(start), dict(spec), paths, results, keep_models))
+    workers = min(int(concurrent), len(pending))
+    if workers <= 1:
+        for job in pending:
+            log(f"seed {job.run.seed}: training {job.run}")
+            seconds = train_seed(job, data, log=log, progress=progress)
+            done[job.run.seed] = "trained"
+            log(f"seed {job.run.seed}: trained in {seconds:.2f} s")
+    else:
+        log(f"training seeds {[job.run.seed for job in pending]}, {workers} at a time in worker processes")
+        failures: list[tuple[SeedJob, BaseException]] = []
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch (or CUDA) has started threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_train_seed_in_worker, job, torch.get_num_threads()): job for job in pending}
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    seconds = future.result()
+                except BaseException as error:  # noqa: BLE001 - reported below, after the other seeds finish
+                    failures.append((job, error))
+                    log(f"seed {job.run.seed}: failed: {error}")
+                else:
+                    done[job.run.seed] = "trained"
+                    log(f"seed {job.run.seed}: trained in {seconds:.2f} s (worker process)")
+        if failures:
+            raise failures[0][1]
+    return {seed: done[seed] for seed in sorted(done)}

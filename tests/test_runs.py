@@ -3,6 +3,7 @@ train only the seeds whose inputs changed (the others restored byte for byte fro
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -144,3 +145,47 @@ def test_a_seed_killed_mid_training_resumes_from_its_checkpoint_to_the_uninterru
     assert resumed["predictions.csv"] == reference["predictions.csv"]
     assert resumed["metrics.json"] == reference["metrics.json"]
     assert not checkpoint.exists()
+
+
+def _fresh_results(layout, folder: Path) -> Path:
+    """A results folder with the layout's selections and nothing trained or cached (the splits stay where they are)."""
+    root, _ = layout
+    shutil.copytree(root / "results" / "selection", folder / "selection")
+    return folder
+
+
+def test_concurrent_seeds_write_the_same_numbers_as_sequential_seeds(layout, tiny_encoder_dir, tmp_path):
+    root, splits = layout
+    _grid(layout, tiny_encoder_dir, [0, 1, 2])
+    sequential = {seed: _bytes(root, seed) for seed in (0, 1, 2)}
+    results = _fresh_results(layout, tmp_path / "results")
+    messages = []
+    done = finetune_condition(Condition("fresh", "random", 10), [0, 1, 2], results=results, start=tiny_encoder_dir,
+                              spec=SPEC, recipe=RECIPE, splits=splits, code="c1", concurrent=2,
+                              log=messages.append, progress=False)
+    assert done == {0: "trained", 1: "trained", 2: "trained"}
+    assert any("2 at a time in worker processes" in m for m in messages)
+    for seed in (0, 1, 2):
+        ours = _bytes(tmp_path, seed)
+        for name in ("metrics.json", "predictions.csv"):
+            assert ours[name] == sequential[seed][name], (seed, name)
+        timed = [pd.read_csv(io.BytesIO(files["train_log.csv"])) for files in (ours, sequential[seed])]
+        pd.testing.assert_frame_equal(*(log.drop(columns="seconds") for log in timed), check_exact=True)
+    # and a rerun restores them from the workers' cache entries, as after a sequential run
+    done = finetune_condition(Condition("fresh", "random", 10), [0, 1, 2], results=results, start=tiny_encoder_dir,
+                              spec=SPEC, recipe=RECIPE, splits=splits, code="c1", concurrent=2,
+                              log=messages.append, progress=False)
+    assert done == {0: "restored", 1: "restored", 2: "restored"}
+
+
+def test_a_failing_concurrent_seed_is_raised_after_the_other_seeds_have_finished(layout, tiny_encoder_dir, tmp_path):
+    _, splits = layout
+    results = _fresh_results(layout, tmp_path / "results")
+    broken = Path(Condition("fresh", "random", 10, 1).selection_path(str(results)))
+    broken.write_text("foo\n1\n")  # fails inside its worker, after the parent has fingerprinted it
+    with pytest.raises(ValueError, match="random_k10_seed1.*lacks column"):
+        finetune_condition(Condition("fresh", "random", 10), [0, 1], results=results, start=tiny_encoder_dir,
+                           spec=SPEC, recipe=RECIPE, splits=splits, code="c1", concurrent=2, log=lambda _: None,
+                           progress=False)
+    finished = Path(Condition("fresh", "random", 10, 0).path(str(results)))
+    assert (finished / "metrics.json").is_file()  # seed 0's work is kept: a rerun restores it instead of retraining
