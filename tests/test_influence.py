@@ -478,7 +478,8 @@ def test_gauss_newton_products_match_G_from_the_full_jacobian(toy):
     jac = torch.autograd.functional.jacobian(lambda t: obj.predict(t, weighted), obj.theta0)  # (n, P)
     reference = 2.0 / len(train) * jac.T @ (weighted.weights[:, None] * jac)
     vec = torch.randn(obj.numel, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    assert rel(gnvp(obj, weighted, vec, batch_size=7), reference @ vec) < 1e-10
+    for mode in ("double_backward", "func"):  # reverse-over-reverse J·v, and forward-mode J·v
+        assert rel(gnvp(obj, weighted, vec, batch_size=7, mode=mode), reference @ vec) < 1e-10, mode
     assert torch.allclose(exact_gauss_newton(obj, weighted, batch_size=16), reference, rtol=1e-9, atol=1e-12)
     # G is the Hessian without the residual term: they differ on this non-linear model, and G is never indefinite
     assert rel(hvp(obj, weighted, vec, batch_size=7), reference @ vec) > 1e-3
