@@ -116,7 +116,7 @@ def lissa(
                 bar.update(1)
                 if step % log_every == 0:
                     trace.append([step, rel])
-                    bar.set_postfix(repeat=rep + 1, rel_change=f"{rel:.2e}")
+                    bar.set_postfix(repeat=rep + 1, rel_change=f"{rel:.2e}", refresh=False)  # drawn at tqdm's interval
                 if calm >= args.patience:
                     converged = True
                     break
