@@ -38,9 +38,7 @@ def main() -> None:
     p.add_argument("--concurrent", type=int, default=1, help="seeds trained at once, each in its own process")
     p.add_argument("--threads", type=int, default=None, help="cores of the job, divided among concurrent seeds")
     args = p.parse_args()
-    if args.concurrent < 1:
-        p.error(f"--concurrent must be at least 1 (finetune.concurrent_seeds), got {args.concurrent}")
-    workers = min(args.concurrent, len(args.seeds))
+    workers = max(1, min(args.concurrent, len(args.seeds)))  # finetune_condition refuses concurrent < 1
     set_threads(max(1, args.threads // workers) if args.threads else None)
 
     from molinfluence.grid import Condition

@@ -48,21 +48,20 @@ def _chunk_gnvp(obj: SubsetObjective, chunk: Rows, vec: torch.Tensor, mode: str 
             return obj.predict(t, chunk)
 
         _, jv = jvp(f, (obj.theta0,), (vec,))
-        w = obj.weights(chunk)
-        cotangent = 2.0 * jv if w is None else 2.0 * w * jv
-        _, pullback = vjp(f, obj.theta0)
-        return pullback(cotangent.detach())[0].detach()
-    if mode == "double_backward":
+        _, vjp_fn = vjp(f, obj.theta0)
+        pullback = lambda c: vjp_fn(c)[0]  # noqa: E731
+    elif mode == "double_backward":
         theta = obj.theta0.detach().requires_grad_(True)
         pred = obj.predict(theta, chunk)
         u = torch.zeros_like(pred, requires_grad=True)
         (jt_u,) = torch.autograd.grad(pred, theta, grad_outputs=u, create_graph=True)
         (jv,) = torch.autograd.grad(jt_u, u, grad_outputs=vec)
-        w = obj.weights(chunk)
-        cotangent = 2.0 * jv if w is None else 2.0 * w * jv
-        (out,) = torch.autograd.grad(pred, theta, grad_outputs=cotangent.detach())
-        return out.detach()
-    raise ValueError(f"influence.hvp_mode must be one of {list(HVP_MODES)}, got {mode!r}")
+        pullback = lambda c: torch.autograd.grad(pred, theta, grad_outputs=c)[0]  # noqa: E731
+    else:
+        raise ValueError(f"influence.hvp_mode must be one of {list(HVP_MODES)}, got {mode!r}")
+    w = obj.weights(chunk)
+    cotangent = 2.0 * jv if w is None else 2.0 * w * jv
+    return pullback(cotangent.detach()).detach()
 
 
 def _chunk_product(obj: SubsetObjective, chunk: Rows, vec: torch.Tensor, curvature: str, mode: str) -> torch.Tensor:
