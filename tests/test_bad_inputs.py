@@ -666,7 +666,6 @@ def test_nonfinite_training_loss_stops_with_epoch_and_batch(tmp_path: Path, spli
 
 @slow
 def test_influence_divergence_writes_no_ihvp(tmp_path: Path, splits, regressor_dir: Path) -> None:
-    pytest.importorskip("molinfluence.influence")
     out = tmp_path / "influence"
     outputs = [out / "hessian_inverse_fast.pt", out / "ihvp_stats.json"]
     args = json.dumps({"method": "lissa", "params": "head", "scale": 1e-6, "depth": 50, "repeats": 1,

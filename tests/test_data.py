@@ -266,7 +266,8 @@ def test_shipped_external_set_loads_and_is_the_documented_file() -> None:
 
     repo = SHIPPED_EXTERNAL.parents[1]
     readme = (SHIPPED_EXTERNAL.parent / "README.md").read_text(encoding="utf-8")
-    assert hashlib.sha256(SHIPPED_EXTERNAL.read_bytes()).hexdigest() in readme, "the external set changed: update data/README.md"
+    digest = hashlib.sha256(SHIPPED_EXTERNAL.read_bytes()).hexdigest()
+    assert digest in readme, "the external set changed: update data/README.md"
     external = yaml.safe_load((repo / "config.yaml").read_text(encoding="utf-8"))["data"]["external"]
     assert (repo / external["path"]).resolve() == SHIPPED_EXTERNAL
     source = str(SHIPPED_EXTERNAL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -132,9 +133,12 @@ def test_sha256_files_stable_across_checkouts_and_argument_order(tmp_path: Path)
     first = _tree(tmp_path / "machine1")
     second = _tree(tmp_path / "elsewhere" / "machine2")
     digest = sha256_files(first)
-    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{64}", digest), f"not a lowercase hex SHA-256: {digest!r}"
+    assert sha256_files(first) == digest, "the same files hashed twice gave different digests"
     assert sha256_files(reversed(second)) == digest
     assert sha256_files([str(p) for p in second]) == digest
+    first[0].write_text("x = 2\n")
+    assert sha256_files(first) != digest, "editing a file did not change the digest"
 
 
 def test_sha256_files_changes_with_content_and_names(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
-"""Tests for molinfluence.molformer: the native MoLFormer loads the published layout, matches the published forward,
-is deterministic where influence functions need it, and works under torch.func."""
+"""Tests for molinfluence.molformer: the native MoLFormer loads the published layout, matches a test-only
+re-implementation of the published forward (tests/reference_molformer.py: the hub's code does not import on
+transformers 5, so it is not run here; the reference follows its computation path step by step), is
+deterministic where influence functions need it, and works under torch.func."""
 
 from __future__ import annotations
 
@@ -129,10 +131,12 @@ def test_full_size_layout_matches_published_checkpoint() -> None:
     assert model.molformer.embeddings.word_embeddings.padding_idx == 2
 
 
-# --- agreement with the published forward --------------------------------------------------------------------------
+# --- agreement with the re-implemented published forward (tests/reference_molformer.py) -------------------------
 
 
-def test_encoder_matches_published_forward_on_padded_batch() -> None:
+def test_encoder_matches_reference_reimplementation_on_padded_batch() -> None:
+    """Eval mode, a padded batch: hidden states and pooled output equal those of tests/reference_molformer.py (an
+    in-house re-implementation of the published modeling_molformer.py's computation path, not the hub's code)."""
     native = tiny_encoder(seed=1)
     reference = ReferenceMolformerModel(native.config).eval()
     reference.load_state_dict(native.state_dict(), strict=True)
@@ -144,7 +148,9 @@ def test_encoder_matches_published_forward_on_padded_batch() -> None:
     torch.testing.assert_close(out.pooler_output, ref_pooled, atol=1e-5, rtol=0)
 
 
-def test_masked_lm_matches_published_forward_and_loads_strictly() -> None:
+def test_masked_lm_matches_reference_reimplementation_and_loads_strictly() -> None:
+    """The masked-LM head's logits equal the in-house reference's (tests/reference_molformer.py), and each model loads
+    the other's state dict strictly (same parameter names as the published checkpoint)."""
     torch.manual_seed(2)
     native = perturb(MolformerForMaskedLM(tiny_config(deterministic_eval=True))).eval()
     reference = ReferenceMolformerForMaskedLM(native.config).eval()
@@ -154,8 +160,9 @@ def test_masked_lm_matches_published_forward_and_loads_strictly() -> None:
         torch.testing.assert_close(native(ids, mask).logits, reference(ids, mask), atol=1e-5, rtol=0)
 
 
-def test_train_mode_redraw_and_dropout_follow_the_published_rng_order() -> None:
-    """Same seed, same state: the native and published forward draw projections and dropout masks identically,
+def test_train_mode_redraw_and_dropout_follow_the_reference_rng_order() -> None:
+    """Same seed, same state: the native forward and the in-house reference of the published one
+    (tests/reference_molformer.py) draw projections and dropout masks identically,
     and both keep the last drawn projection."""
     native = tiny_encoder(seed=3).train()
     reference = ReferenceMolformerModel(native.config).train()

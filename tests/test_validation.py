@@ -1,6 +1,7 @@
 """Influence validation: sample choice, the paired retraining of the full setting, the convex reference against a
 closed-form refit (Spearman ≥ 0.9 with the default estimator), the estimators compared on the same samples, the
-bootstrap and the noise summary, the demo's results, and that the stage is planned only when enabled.
+bootstrap and the noise summary, the integration run's results (tests/config/integration.yaml), and that the stage is
+planned only when enabled.
 
 The tiny model is a randomly initialised MoLFormer (conftest.py) on real FreeSolv molecules.
 """
@@ -365,7 +366,7 @@ def test_estimators_are_compared_on_the_same_samples_and_runs(tiny, convex):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Workflow: planned only when enabled; the demo's results
+# Workflow: planned only when enabled; the integration run's results
 
 
 def _planned(config: dict, tmp_path: Path) -> dict[str, int]:
@@ -403,11 +404,14 @@ def test_stage_is_planned_only_when_enabled(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_reports_both_settings(demo):
+def test_integration_run_reports_both_settings(demo):
+    """The `demo` fixture's run of tests/config/integration.yaml (the demo's DAG on 200 molecules, validation on; not
+    examples/demo.yaml, whose own outputs tests/test_demo.py checks): both validation settings and the estimator table
+    are written with finite, in-range statistics."""
     import json
 
     path = demo.results / "validation" / "influence_validation.json"
-    assert path.is_file(), "the demo enables validation: results/validation/influence_validation.json must exist"
+    assert path.is_file(), "the integration config enables validation: results/validation/influence_validation.json must exist"
     report = json.loads(path.read_text())
     demo_cfg = yaml.safe_load(demo.config.read_text())["validation"]
     assert report["m"] == demo_cfg["m"] and report["settings"]["full"]["noise"]["seeds"] == demo_cfg["seeds"]
@@ -418,11 +422,11 @@ def test_demo_reports_both_settings(demo):
             lo, hi = s[name]["ci"]
             assert lo <= s[name]["estimate"] <= hi
         assert s["noise"]["baseline_loss_sd"] is not None
-        print(f"demo {setting}: Pearson {s['pearson']}, Spearman {s['spearman']}, noise {s['noise']}")
+        print(f"integration {setting}: Pearson {s['pearson']}, Spearman {s['spearman']}, noise {s['noise']}")
     assert report["settings"]["convex"]["spearman"]["estimate"] >= 0.9
     per_sample = pd.read_csv(demo.results / "validation" / "effects.csv")
     assert len(per_sample) == 2 * demo_cfg["m"]
-    # every default estimator ran on all parameters of the demo model (none refused) and is in the one table
+    # every default estimator ran on all parameters of the integration run's model (none refused), in one table
     estimators = pd.read_csv(demo.results / "validation" / "estimators.csv")
     assert estimators.estimator.tolist()[0] == "pipeline"
     assert sorted(estimators.estimator[1:]) == sorted(e["name"] for e in ValidationArgs().estimators)
