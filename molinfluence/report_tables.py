@@ -1,0 +1,213 @@
+"""Print the markdown tables the docs show, from a finished run's results folder.
+
+    python -m molinfluence.report_tables results/            # every table whose files exist
+    python -m molinfluence.report_tables results/ --table estimators
+
+Tables (each from the files the pipeline wrote; nothing is computed here but formatting):
+
+- ``run``: the base model's test metrics (``base/metrics.json``) and the pipeline's IHVP (``influence/ihvp_stats.json``);
+- ``validation``: the influence-validation summary, one row per setting (``validation/influence_validation.json``);
+- ``estimators``: the estimator comparison (``validation/estimators.csv``);
+- ``metrics``: the fine-tuning table, ``metrics.md`` exactly as the ``metrics_table`` rule wrote it.
+
+A table whose file is missing is named on stderr; asking for it explicitly (``--table``), or finding none at all, is an
+error. Stands alone: reads JSON/CSV/markdown, imports nothing of the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+TABLES: dict[str, tuple[str, ...]] = {
+    "run": ("base/metrics.json", "influence/ihvp_stats.json"),
+    "validation": ("validation/influence_validation.json",),
+    "estimators": ("validation/estimators.csv",),
+    "metrics": ("metrics.md",),
+}
+
+
+class ReportError(ValueError):
+    """A results folder that lacks what a table needs."""
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits (thousands separated from 10,000 on), or ``–`` when absent."""
+    if _missing(value):
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def with_ci(estimate: Any, low: Any, high: Any, digits: int = 3) -> str:
+    """``estimate [low, high]``; the interval left out when absent."""
+    if _missing(estimate):
+        return "–"
+    if _missing(low) or _missing(high):
+        return fmt(estimate, digits)
+    return f"{fmt(estimate, digits)} [{fmt(low, 2)}, {fmt(high, 2)}]"
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _need(mapping: Mapping[str, Any], keys: Sequence[str], path: Path) -> None:
+    missing = [k for k in keys if k not in mapping]
+    if missing:
+        raise ReportError(f"{path}: lacks {', '.join(missing)}")
+
+
+def run_table(results: Path) -> str:
+    base_path, ihvp_path = (results / p for p in TABLES["run"])
+    base, ihvp = _json(base_path), _json(ihvp_path)
+    _need(base, ("rmse", "mae", "r2", "n_train", "n_test"), base_path)
+    _need(ihvp, ("method", "curvature", "params", "n_params", "relative_residual", "hvp_full_equivalents", "seconds"),
+          ihvp_path)
+    rows = [
+        ["base model, test split", f"RMSE {fmt(base['rmse'])}, MAE {fmt(base['mae'])}, R² {fmt(base['r2'])} "
+         f"({base['n_train']} training / {base['n_test']} test molecules, {base.get('epochs_run', '–')} epochs)"],
+        ["IHVP", f"`{ihvp['method']}` on `{ihvp['curvature']}`, params `{ihvp['params']}` "
+         f"({fmt(ihvp['n_params'])} parameters)"],
+        ["IHVP relative residual", fmt(ihvp["relative_residual"], 2)],
+        ["IHVP cost", f"{fmt(ihvp['hvp_full_equivalents'])} full-split products, {fmt(ihvp['seconds'], 2)} s"],
+    ]
+    return markdown(["quantity", "value"], rows)
+
+
+def validation_table(results: Path) -> str:
+    path = results / TABLES["validation"][0]
+    report = _json(path)
+    _need(report, ("settings", "m", "n_train"), path)
+    rows = []
+    for name, s in report["settings"].items():
+        _need(s, ("pearson", "spearman", "scale_ratio", "sign_agreement", "noise"), path)
+        noise = s["noise"] or {}
+        rows.append([
+            name,
+            with_ci(s["pearson"].get("estimate"), *(s["pearson"].get("ci") or (None, None))),
+            with_ci(s["spearman"].get("estimate"), *(s["spearman"].get("ci") or (None, None))),
+            fmt(s["scale_ratio"], 2),
+            fmt(s["sign_agreement"], 2),
+            fmt(noise.get("seed_agreement_pearson"), 2),
+            fmt(len(noise.get("seeds") or [])) if noise.get("seeds") else "–",
+        ])
+    title = f"m = {report['m']} samples, n_train = {report['n_train']}, target `{report.get('target', '–')}`"
+    header = ["setting", "Pearson [95 % CI]", "Spearman [95 % CI]", "scale ratio", "sign agreement",
+              "seed agreement (Pearson)", "seeds"]
+    return title + "\n\n" + markdown(header, rows)
+
+
+def estimators_table(results: Path) -> str:
+    import pandas as pd
+
+    path = results / TABLES["estimators"][0]
+    table = pd.read_csv(path)
+    need = ["estimator", "method", "curvature", "params", "n_params", "pearson", "spearman", "topk_overlap", "topk",
+            "scale_ratio", "relative_residual", "hvp_full_equivalents", "seconds", "refused"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ReportError(f"{path}: lacks column(s) {', '.join(missing)}")
+    cell = lambda row, key: None if pd.isna(row.get(key)) else row.get(key)  # noqa: E731
+    ks = {int(k) for k in table["topk"].dropna()}
+    rows = []
+    for _, row in table.iterrows():
+        r = row.to_dict()
+        what = f"`{r['estimator']}` — {r['method']}, {r['curvature']}, {r['params']} ({fmt(cell(r, 'n_params'))})"
+        if cell(r, "refused") is not None:
+            rows.append([what, f"refused: {r['refused']}", "", "", "", "", "", ""])
+            continue
+        rows.append([
+            what,
+            with_ci(cell(r, "pearson"), cell(r, "pearson_ci_low"), cell(r, "pearson_ci_high")),
+            with_ci(cell(r, "spearman"), cell(r, "spearman_ci_low"), cell(r, "spearman_ci_high")),
+            with_ci(cell(r, "topk_overlap"), cell(r, "topk_ci_low"), cell(r, "topk_ci_high"), 2),
+            fmt(cell(r, "scale_ratio"), 2),
+            fmt(cell(r, "relative_residual"), 2),
+            fmt(cell(r, "hvp_full_equivalents")),
+            fmt(cell(r, "seconds"), 2),
+        ])
+    k = f"top-{ks.pop()}" if len(ks) == 1 else "top-k"
+    header = ["estimator (parameters)", "Pearson [95 % CI]", "Spearman [95 % CI]", f"{k} overlap [CI]", "scale ratio",
+              "relative residual", "full-split products", "seconds"]
+    return markdown(header, rows)
+
+
+def metrics_table(results: Path) -> str:
+    return (results / TABLES["metrics"][0]).read_text(encoding="utf-8").rstrip()
+
+
+BUILDERS: dict[str, Callable[[Path], str]] = {
+    "run": run_table, "validation": validation_table, "estimators": estimators_table, "metrics": metrics_table,
+}
+TITLES = {
+    "run": "Base model and IHVP",
+    "validation": "Influence validation",
+    "estimators": "Estimators compared",
+    "metrics": "Fine-tuning table",
+}
+
+
+def report(results: str | Path, tables: Sequence[str] | None = None, *, warn: Callable[[str], None] | None = None) -> str:
+    """The markdown of ``tables`` (default: every table whose files exist under ``results``)."""
+    results = Path(results)
+    if not results.is_dir():
+        raise ReportError(f"{results}: no such results folder (the pipeline writes <workdir>/results/)")
+    asked = list(tables) if tables else list(TABLES)
+    parts = []
+    for name in asked:
+        if name not in TABLES:
+            raise ReportError(f"unknown table {name!r}; one of {', '.join(TABLES)}")
+        absent = [p for p in TABLES[name] if not (results / p).is_file()]
+        if absent:
+            message = f"{name}: {', '.join(str(results / p) for p in absent)} not found"
+            if tables:
+                raise ReportError(message)
+            if warn is not None:
+                warn(f"skipped table {message}")
+            continue
+        parts.append(f"### {TITLES[name]} (`{' + '.join(TABLES[name])}`)\n\n{BUILDERS[name](results)}")
+    if not parts:
+        raise ReportError(f"{results}: none of the files of the tables ({', '.join(TABLES)}) found")
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="a finished run's results folder (e.g. results/)")
+    parser.add_argument("--table", action="append", choices=list(TABLES), help="only this table (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        text = report(args.results, args.table, warn=lambda m: print(m, file=sys.stderr))
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""molinfluence.report_tables: the command that prints the docs' tables from a results folder puts the run's own numbers
+in the right cells, names missing files, and refuses a folder with none of them. A hand-made results folder, no run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from molinfluence.report_tables import ReportError, report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _results(root: Path) -> Path:
+    r = root / "results"
+    (r / "base").mkdir(parents=True)
+    (r / "influence").mkdir()
+    (r / "validation").mkdir()
+    (r / "base" / "metrics.json").write_text(json.dumps(
+        {"rmse": 2.625, "mae": 1.904, "r2": 0.4014, "n_train": 326, "n_test": 97, "epochs_run": 12}))
+    (r / "influence" / "ihvp_stats.json").write_text(json.dumps(
+        {"method": "cg", "curvature": "gauss_newton", "params": "all", "n_params": 18369,
+         "relative_residual": 0.000311, "hvp_full_equivalents": 22.99, "seconds": 11.38}))
+    setting = {"pearson": {"estimate": 0.8804, "ci": [0.441, 0.987]}, "spearman": {"estimate": 0.9286, "ci": [0.61, 1.0]},
+               "scale_ratio": 0.571, "sign_agreement": 0.875, "noise": {"seeds": [0, 1], "seed_agreement_pearson": 0.93}}
+    convex = {**setting, "pearson": {"estimate": 0.997, "ci": None}}
+    (r / "validation" / "influence_validation.json").write_text(json.dumps(
+        {"m": 8, "n_train": 326, "target": "validation", "settings": {"full": setting, "convex": convex}}))
+    pd.DataFrame([
+        {"estimator": "pipeline", "method": "cg", "curvature": "gauss_newton", "params": "all", "n_params": 18369,
+         "pearson": 0.8804, "pearson_ci_low": 0.441, "pearson_ci_high": 0.987, "spearman": 0.9286,
+         "spearman_ci_low": 0.61, "spearman_ci_high": 1.0, "topk_overlap": 1.0, "topk": 5, "topk_ci_low": 0.8,
+         "topk_ci_high": 1.0, "scale_ratio": 0.571, "relative_residual": 0.0008, "hvp_full_equivalents": 21.8,
+         "seconds": 4.8, "refused": None},
+        {"estimator": "hessian_cg_all", "method": "cg", "curvature": "hessian", "params": "all", "n_params": 18369,
+         "refused": "NegativeCurvature: damping 0.38 would fix it"},
+    ]).to_csv(r / "validation" / "estimators.csv", index=False)
+    (r / "metrics.md").write_text("| condition | RMSE |\n| --- | --- |\n| base | 2.63 ± 0.00 |\n")
+    return r
+
+
+def test_tables_carry_the_runs_numbers(tmp_path: Path) -> None:
+    text = report(_results(tmp_path))
+    assert "RMSE 2.62, MAE 1.9, R² 0.401 (326 training / 97 test molecules, 12 epochs)" in text
+    assert "| IHVP cost | 23 full-split products, 11 s |" in text
+    assert "`cg` on `gauss_newton`, params `all` (18,369 parameters)" in text
+    # validation: estimate [CI] per setting; a missing interval is left out, not invented
+    assert "| full | 0.88 [0.44, 0.99] | 0.929 [0.61, 1] | 0.57 | 0.88 | 0.93 | 2 |" in text
+    assert "| convex | 0.997 | 0.929 [0.61, 1] |" in text
+    assert "m = 8 samples, n_train = 326, target `validation`" in text
+    # estimators: the k of the overlap in the header, a refused estimator keeps its row with the reason
+    assert "top-5 overlap [CI]" in text
+    assert ("| `pipeline` — cg, gauss_newton, all (18,369) | 0.88 [0.44, 0.99] | 0.929 [0.61, 1] | 1 [0.8, 1] | 0.57 "
+            "| 0.0008 | 21.8 | 4.8 |") in text
+    assert "| `hessian_cg_all` — cg, hessian, all (18,369) | refused: NegativeCurvature: damping 0.38 would fix it |" in text
+    # metrics.md as the rule wrote it
+    assert "| base | 2.63 ± 0.00 |" in text
+
+
+def test_missing_files_are_named_and_an_asked_table_is_required(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    (results / "metrics.md").unlink()
+    warnings: list[str] = []
+    text = report(results, warn=warnings.append)
+    assert "Fine-tuning table" not in text and "Estimators compared" in text
+    assert len(warnings) == 1 and "metrics.md not found" in warnings[0]
+    with pytest.raises(ReportError, match="metrics.md not found"):
+        report(results, ["metrics"])
+    with pytest.raises(ReportError, match="none of the files"):
+        report(tmp_path)
+
+
+def test_command_line_prints_the_tables(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "molinfluence.report_tables", str(results), "--table", "estimators"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("### Estimators compared (`validation/estimators.csv`)")
+    assert "Base model" not in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "molinfluence.report_tables", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert bad.returncode == 2 and "no such results folder" in bad.stderr
