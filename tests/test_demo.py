@@ -2,7 +2,7 @@
 
 The plumbing (staleness plans, resume, determinism, report) is tested on the small integration config (`demo`
 fixture, tests/config/integration.yaml); this is the one full run of the demo itself (`full_demo` fixture), checking
-that it produces every output the README promises, with the grid its config asks for and finite numbers.
+that it produces every output docs/pipeline.md promises, with the grid its config asks for and finite numbers.
 """
 
 from __future__ import annotations
@@ -45,6 +45,6 @@ def test_demo_runs_end_to_end_with_the_grid_its_config_asks_for(full_demo):
         assert (r / f"figures/{name}.png").stat().st_size > 0, name
     validation = json.loads((r / "validation/influence_validation.json").read_text())
     assert validation["m"] == cfg["validation"]["m"]
-    assert validation["settings"]["convex"]["spearman"]["estimate"] >= 0.9, "README: the convex reference agrees"
+    assert validation["settings"]["convex"]["spearman"]["estimate"] >= 0.9, "docs/validation.md: the convex reference agrees"
     print(f"demo: {full_demo.seconds:.0f} s on 2 cores; base test metrics "
           f"{json.loads((r / 'base/metrics.json').read_text()).get('test')}")

@@ -146,7 +146,7 @@ def test_args_round_trip_and_errors_name_the_key():
     with pytest.raises(ValueError, match=r"`influence\.curvature`: 'fisher' is not allowed; allowed values: 'hessian', 'gauss_newton'"):
         InfluenceArgs(curvature="fisher")
     defaults = InfluenceArgs()
-    assert (defaults.method, defaults.curvature) == ("cg", "gauss_newton")  # the default is decided in the README
+    assert (defaults.method, defaults.curvature) == ("cg", "gauss_newton")  # the default is decided in docs/validation.md
 
 
 def test_select_params_specs_and_errors():
