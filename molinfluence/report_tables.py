@@ -41,25 +41,26 @@ def _missing(value: Any) -> bool:
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    """A number with ``digits`` significant digits (thousands separated from 10,000 on), or ``–`` when absent."""
+    """A number: ``digits`` significant digits below 100, whole numbers from 100 on (thousands separated from 10,000
+    on); ``–`` when absent."""
     if _missing(value):
         return "–"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
-        return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
+    if isinstance(value, (int, float)) and abs(value) >= 100:
+        return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
 
 
-def with_ci(estimate: Any, low: Any, high: Any, digits: int = 3) -> str:
-    """``estimate [low, high]``; the interval left out when absent."""
+def with_ci(estimate: Any, low: Any, high: Any, decimals: int = 3) -> str:
+    """``estimate [low, high]``, all with ``decimals`` fixed decimals; the interval left out when absent."""
     if _missing(estimate):
         return "–"
     if _missing(low) or _missing(high):
-        return fmt(estimate, digits)
-    return f"{fmt(estimate, digits)} [{fmt(low, 2)}, {fmt(high, 2)}]"
+        return f"{estimate:.{decimals}f}"
+    return f"{estimate:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
