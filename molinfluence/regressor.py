@@ -29,7 +29,8 @@ from torch import nn
 
 from .config import check_fields
 from .molformer import MolformerConfig, MolformerModel, ModelLoadError, load_encoder
-from .tokenizer import encode_smiles, load_tokenizer, save_tokenizer
+from .batch import encode_frame, encode_split  # noqa: F401  (re-exported: the one tokenisation of a split)
+from .tokenizer import load_tokenizer, save_tokenizer
 
 FORMAT_VERSION = 1
 
@@ -185,32 +186,3 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
     return device
-
-
-
-def encode_split(tokenizer: Any, frame: Any, max_length: int, truncation: bool = True, what: str = "input"):
-    """Tokenise ``frame.smiles`` as the model is trained and used: molecules longer than ``max_length`` tokens are
-    truncated, or with ``truncation: false`` refused by an error naming the file and rows. ``frame.attrs["source"]``
-    (a file name), when set, names where the rows came from; else ``what`` names the split."""
-    smiles = frame["smiles"].tolist()
-    enc = encode_smiles(tokenizer, smiles, max_length=max_length, truncation=True)
-    if enc.n_truncated and not truncation:
-        long = [i for i, n in enumerate(enc.lengths) if n > max_length]
-        source = frame.attrs.get("source", f"the {what} split")
-        first = long[0]
-        raise ValueError(
-            f"{source}: {len(long)} of {len(smiles)} molecules have more than model.max_length={max_length} "
-            f"tokens (rows {', '.join(str(i + 1) for i in long[:5])}{', ...' if len(long) > 5 else ''}; row {first + 1} "
-            f"is {smiles[first]} with {enc.lengths[first]} tokens); set model.truncation: true to truncate them "
-            "explicitly, or remove them from the input"
-        )
-    return enc
-
-
-def encode_frame(tokenizer: Any, frame: Any, max_length: int, truncation: bool = True, what: str = "input") -> tuple[torch.Tensor, ...]:
-    """(input_ids, attention_mask, labels float32) for a table with ``smiles`` and ``label`` columns
-    (:func:`encode_split`)."""
-    enc = encode_split(tokenizer, frame, max_length, truncation, what)
-    labels = torch.tensor(frame["label"].to_numpy(dtype="float32"))
-    return enc.input_ids, enc.attention_mask, labels
-
