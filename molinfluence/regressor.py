@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import check_fields
 from .molformer import MolformerConfig, MolformerModel, ModelLoadError, load_encoder
-from .batch import encode_frame, encode_split  # noqa: F401  (re-exported: the one tokenisation of a split)
+from .batch import Batch, encode_frame, encode_split  # noqa: F401  (re-exported: the one tokenisation of a split)
 from .tokenizer import load_tokenizer, save_tokenizer
 
 FORMAT_VERSION = 1
@@ -186,3 +186,23 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device is {name!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
     return device
+
+
+def load_base(
+    model_dir: str | Path,
+    tables: Mapping[str, Any],
+    *,
+    device: str = "auto",
+    truncation: bool = True,
+    names: Mapping[str, str] | None = None,
+) -> tuple[MolformerRegressor, Any, dict[str, Batch]]:
+    """The base model and its splits, as every stage after training starts: the regressor in ``model_dir`` on
+    ``device`` (:func:`pick_device`), and each of ``tables`` (a CSV path or a DataFrame with ``smiles`` and ``label``)
+    encoded as the model was trained (its ``max_length``, ``truncation``: :meth:`Batch.encode`). Returns the model, its
+    tokenizer and the batches under the keys of ``tables``; a batch is named by ``names[key]`` (error messages), else
+    by its key."""
+    model, tokenizer = load_regressor(model_dir, device=pick_device(device))
+    names = dict(names or {})
+    batches = {key: Batch.encode(tokenizer, table, model.spec.max_length, truncation, names.get(key, key))
+               for key, table in tables.items()}
+    return model, tokenizer, batches
