@@ -255,3 +255,39 @@ def test_divergence_found_mid_epoch_names_the_batch(tiny_encoder_dir, splits, mo
 
 def _tok(encoder_dir):
     return new_regressor(encoder_dir, RegressorSpec(), seed=0)[1]
+
+
+def test_a_checkpoint_written_by_other_code_is_not_resumed(tmp_path, tiny_encoder_dir, splits):
+    """The run identity holds the code hash: a run killed and resumed after a code edit starts over instead of mixing
+    code versions (the grid's cache key is the same function, runs.run_key)."""
+    train, val, _ = splits
+    ckpt = tmp_path / "resume"
+    cfg = TrainConfig(epochs=1, seed=1)
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, cfg, checkpoint_dir=ckpt, code="before", progress=False, log=lambda _: None)
+    same, edited = [], []
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, cfg, checkpoint_dir=ckpt, code="before", progress=False, log=same.append)
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, cfg, checkpoint_dir=ckpt, code="after", progress=False, log=edited.append)
+    assert any(m.startswith("resuming from") for m in same)
+    assert any("belongs to a different run" in m for m in edited) and not any(m.startswith("resuming") for m in edited)
+
+
+def test_fixed_steps_and_epochs_are_one_loop(tiny_encoder_dir, splits):
+    """Validation's retraining (a fixed number of steps) runs the loop of base training and the grid: as many steps
+    as one epoch has batches give the weights of a one-epoch run, bit for bit."""
+    train, val, _ = splits
+    cfg = TrainConfig(lr=3e-3, epochs=1, batch_size=16, seed=1)
+    a, tok = new_regressor(tiny_encoder_dir, RegressorSpec(head_dropout=0.1), seed=1)
+    train_regressor(a, tok, train, val, cfg, progress=False, log=lambda _: None)
+    data, _ = training.encode_splits(tok, train, val, cfg, log=lambda _: None)
+    b, _ = new_regressor(tiny_encoder_dir, RegressorSpec(head_dropout=0.1), seed=1)
+    steps = len(training.epoch_batches(data, cfg.batch_size, cfg.seed, 1))
+    result = training.fit(b, data, cfg, steps=steps, progress=False, log=lambda _: None)
+    assert len(result.history) == 1
+    for name, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[name]), name
+    c, _ = new_regressor(tiny_encoder_dir, RegressorSpec(head_dropout=0.1), seed=1)
+    training.fit(c, data, cfg, steps=steps + 1, progress=False, log=lambda _: None)  # into a second pass
+    assert any(not torch.equal(p, c.state_dict()[n]) for n, p in a.state_dict().items())
