@@ -46,10 +46,10 @@ import yaml  # noqa: E402
 
 from molinfluence.config import validate_config  # noqa: E402
 from molinfluence.molformer import MolformerConfig, MolformerModel  # noqa: E402
+from molinfluence.batch import Batch  # noqa: E402
 from molinfluence.regressor import MolformerRegressor, RegressorSpec, pick_device, save_regressor  # noqa: E402
 from molinfluence.tokenizer import build_smiles_tokenizer, encode_smiles  # noqa: E402
 from molinfluence.training import (  # noqa: E402
-    DeviceSplit,
     FeatureDraws,
     TrainConfig,
     length_batches,
@@ -160,12 +160,12 @@ def peak_memory(device: torch.device) -> str:
 class Steps:
     """Runs the project's step or a bare PyTorch step over a fixed list of batches on one model copy."""
 
-    def __init__(self, base: MolformerRegressor, split: DeviceSplit, batches: list[torch.Tensor], cfg: TrainConfig,
+    def __init__(self, base: MolformerRegressor, split: Batch, batches: list[torch.Tensor], cfg: TrainConfig,
                  device: torch.device, bare: bool = False, pad_to: int | None = None) -> None:
         self.model = copy.deepcopy(base).to(device).train()
         self.split, self.cfg, self.device, self.bare = split, cfg, device, bare
         self.batches = batches
-        self.widths = [pad_to or max(split.lengths[i] for i in b.tolist()) for b in batches]
+        self.widths = [pad_to or max(split.token_counts()[i] for i in b.tolist()) for b in batches]
         self.host_ids = split.input_ids.cpu()
         self.host_mask = split.attention_mask.cpu()
         self.host_y = split.labels.cpu()
@@ -194,7 +194,7 @@ class Steps:
             self.optimizer.step()
         else:
             idx = self.order[self.starts[b] : self.starts[b + 1]]
-            ids, mask = self.split.batch(idx, self.widths[b])
+            ids, mask = self.split.gather(idx, self.widths[b])
             train_step(self.model, self.optimizer, ids, mask, self.split.labels.index_select(0, idx), None,
                        self.draws.next(), self.cfg, self.device)
 
@@ -248,11 +248,11 @@ def ops_per_step(steps: Steps, n: int = 3) -> tuple[float, float]:
     return ops / n, kernels / n
 
 
-def bare_eval(model: torch.nn.Module, split: DeviceSplit, device: torch.device, batch_size: int = 64) -> None:
+def bare_eval(model: torch.nn.Module, split: Batch, device: torch.device, batch_size: int = 64) -> None:
     model.eval()
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
-            w = max(split.lengths[start : start + batch_size])
+            w = max(split.token_counts()[start : start + batch_size])
             model(split.input_ids[start : start + batch_size, :w], split.attention_mask[start : start + batch_size, :w])
     model.train()
 
@@ -387,10 +387,11 @@ def main() -> None:
     base = build_model(args.size, tokenizer)
     enc = {k: encode_smiles(tokenizer, t["smiles"].tolist(), max_length=202) for k, t in tables.items()}
     labels = {k: torch.tensor(t["label"].to_numpy(np.float32)) for k, t in tables.items()}
-    train_split = DeviceSplit.of(enc["train"], device, labels["train"])
-    val_split = DeviceSplit.of(enc["validation"], device, labels["validation"])
+    train_split = Batch(enc["train"].input_ids, enc["train"].attention_mask, labels["train"], name="train").to(device)
+    val_split = Batch(enc["validation"].input_ids, enc["validation"].attention_mask, labels["validation"],
+                      name="validation").to(device)
     n_train = len(train_split)
-    lengths = np.array(train_split.lengths)
+    lengths = np.array(train_split.token_counts())
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device_name}; torch {torch.__version__}; model: --size {args.size}, {sum(p.numel() for p in base.parameters()) / 1e6:.2f} M "
           f"parameters; data: {source}; training split {n_train} molecules, tokens mean {lengths.mean():.0f}, "
@@ -399,7 +400,7 @@ def main() -> None:
     # 1. The project's step at batch 16/64, fp32/bf16.
     step_ms: dict[tuple[int, str], float] = {}
     for bs in (16, 64):
-        batches = length_batches(train_split.lengths, bs, torch.Generator().manual_seed(1))
+        batches = length_batches(train_split.token_counts(), bs, torch.Generator().manual_seed(1))
         for precision in ("fp32", "bf16"):
             steps = Steps(base, train_split, batches, TrainConfig(batch_size=bs, precision=precision), device)
             for _ in range(3):
@@ -412,7 +413,7 @@ def main() -> None:
                 f"{ms:.1f} ms ({bs / ms * 1e3:.0f} molecules/s)")
 
     # 2. Ops per step: project vs bare.
-    batches16 = length_batches(train_split.lengths, 16, torch.Generator().manual_seed(1))
+    batches16 = length_batches(train_split.token_counts(), 16, torch.Generator().manual_seed(1))
     cfg16 = TrainConfig(batch_size=16)
     for label, bare in (("project's step", False), ("bare PyTorch step", True)):
         steps = Steps(base, train_split, batches16, cfg16, device, bare=bare)
@@ -423,7 +424,7 @@ def main() -> None:
 
     # 3. One epoch: train_regressor vs a bare loop on the same batches (both with a validation pass).
     cfg = TrainConfig(epochs=1, batch_size=16, device=str(device), seed=0)
-    epoch_batches = length_batches(train_split.lengths, 16, torch.Generator().manual_seed(cfg.seed * 100_003 + 1))
+    epoch_batches = length_batches(train_split.token_counts(), 16, torch.Generator().manual_seed(cfg.seed * 100_003 + 1))
     ours_s = call_s = bare_s = wide_s = math.inf
     for _ in range(reps):  # alternate, best of each: neither side gets the warm caches alone
         model = copy.deepcopy(base)

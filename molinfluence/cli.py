@@ -64,14 +64,36 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
-def add_base_inputs(p: Any) -> None:
-    """The arguments of a validation job that starts from the base model and the chosen samples."""
-    p.add_argument("--influence", type=json_arg, required=True, help="the config's influence section as JSON")
+def add_base_inputs(p: Any, *, splits: bool = True, chosen: bool = False, influence: bool = False) -> None:
+    """The arguments of a job that starts from the base model and its splits (read by :func:`load_base_inputs`):
+    ``--model``, ``--device``, ``--threads``, ``--no-truncation``; with ``splits`` the training and target splits
+    (``--train``, ``--target``, ``--target-name``); ``chosen``: the validation stage's ``--chosen``; ``influence``: the
+    config's influence section as ``--influence``."""
+    if influence:
+        p.add_argument("--influence", type=json_arg, required=True, help="the config's influence section as JSON")
     p.add_argument("--model", required=True)
-    p.add_argument("--train", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--target-name", choices=("validation", "test"), default="validation")
-    p.add_argument("--chosen", required=True)
+    if splits:
+        p.add_argument("--train", required=True)
+        p.add_argument("--target", required=True)
+        p.add_argument("--target-name", choices=("validation", "test"), default="validation")
+    if chosen:
+        p.add_argument("--chosen", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--no-truncation", action="store_true")
+
+
+def load_base_inputs(args: argparse.Namespace, **tables: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The base model, its tokenizer and the splits of :func:`add_base_inputs` as batches
+    (:func:`molinfluence.regressor.load_base`): ``train`` and ``target`` (named by ``--target-name``) when given, plus
+    ``tables`` (CSV paths or DataFrames) under their keyword."""
+    from .regressor import load_base
+
+    given: dict[str, Any] = {}
+    if getattr(args, "train", None):
+        given["train"] = args.train
+    if getattr(args, "target", None):
+        given["target"] = args.target
+    given.update(tables)
+    return load_base(args.model, given, device=args.device, truncation=not args.no_truncation,
+                     names={"target": getattr(args, "target_name", "target")})

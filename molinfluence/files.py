@@ -256,7 +256,8 @@ def _parse_imports(path: Path, source: bytes, module: str | None, package: str) 
 
 
 def imported_modules(
-    source: str | os.PathLike[str], *, root: str | os.PathLike[str], package: str = "molinfluence"
+    source: str | os.PathLike[str], *, root: str | os.PathLike[str], package: str = "molinfluence",
+    module: str | None = None,
 ) -> list[Path]:
     """Files of ``package`` (a directory below ``root``) that running ``source`` imports, directly or transitively.
 
@@ -264,11 +265,13 @@ def imported_modules(
     where the scripts import lazily) is followed through the package's own modules, relative imports included.
     Importing a submodule runs its package's ``__init__.py``, which is therefore included. A name imported from a
     module that is not itself a module file (``from molinfluence.data import DataError``) counts as that module; an
-    import of a package module that does not exist is an error naming the file and line. Sorted absolute paths.
+    import of a package module that does not exist is an error naming the file and line. ``module`` is the dotted
+    name of ``source`` when it is itself a package module (its relative imports are then resolved). Sorted absolute
+    paths.
     """
     root_dir = Path(root).resolve()
     seen: dict[str, Path] = {}
-    todo: list[tuple[Path, str | None]] = [(Path(source).resolve(), None)]
+    todo: list[tuple[Path, str | None]] = [(Path(source).resolve(), module)]
     while todo:
         path, module = todo.pop()
         for name, line, must_exist in _imports(path, module, package):
@@ -285,10 +288,11 @@ def imported_modules(
 
 
 def code_hash(
-    script: str | os.PathLike[str], *, root: str | os.PathLike[str], package: str = "molinfluence"
+    script: str | os.PathLike[str], *, root: str | os.PathLike[str], package: str = "molinfluence",
+    module: str | None = None,
 ) -> str:
     """Hex SHA-256 (:func:`sha256_files`, names relative to ``root``) of ``script`` and every ``package`` module it
     imports (:func:`imported_modules`): the code a workflow rule runs. As a rule parameter it makes an edit rerun
     exactly the rules whose script imports the edited module, and nothing else, without hand-kept module lists."""
     script = Path(script)
-    return sha256_files([script, *imported_modules(script, root=root, package=package)], root=root)
+    return sha256_files([script, *imported_modules(script, root=root, package=package, module=module)], root=root)

@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,7 +29,8 @@ from torch import nn
 
 from .config import check_fields
 from .molformer import MolformerConfig, MolformerModel, ModelLoadError, load_encoder
-from .tokenizer import encode_smiles, load_tokenizer, save_tokenizer
+from .batch import Batch, encode_frame, encode_split  # noqa: F401  (re-exported: the one tokenisation of a split)
+from .tokenizer import load_tokenizer, save_tokenizer
 
 FORMAT_VERSION = 1
 
@@ -187,30 +188,21 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-
-def encode_split(tokenizer: Any, frame: Any, max_length: int, truncation: bool = True, what: str = "input"):
-    """Tokenise ``frame.smiles`` as the model is trained and used: molecules longer than ``max_length`` tokens are
-    truncated, or with ``truncation: false`` refused by an error naming the file and rows. ``frame.attrs["source"]``
-    (a file name), when set, names where the rows came from; else ``what`` names the split."""
-    smiles = frame["smiles"].tolist()
-    enc = encode_smiles(tokenizer, smiles, max_length=max_length, truncation=True)
-    if enc.n_truncated and not truncation:
-        long = [i for i, n in enumerate(enc.lengths) if n > max_length]
-        source = frame.attrs.get("source", f"the {what} split")
-        first = long[0]
-        raise ValueError(
-            f"{source}: {len(long)} of {len(smiles)} molecules have more than model.max_length={max_length} "
-            f"tokens (rows {', '.join(str(i + 1) for i in long[:5])}{', ...' if len(long) > 5 else ''}; row {first + 1} "
-            f"is {smiles[first]} with {enc.lengths[first]} tokens); set model.truncation: true to truncate them "
-            "explicitly, or remove them from the input"
-        )
-    return enc
-
-
-def encode_frame(tokenizer: Any, frame: Any, max_length: int, truncation: bool = True, what: str = "input") -> tuple[torch.Tensor, ...]:
-    """(input_ids, attention_mask, labels float32) for a table with ``smiles`` and ``label`` columns
-    (:func:`encode_split`)."""
-    enc = encode_split(tokenizer, frame, max_length, truncation, what)
-    labels = torch.tensor(frame["label"].to_numpy(dtype="float32"))
-    return enc.input_ids, enc.attention_mask, labels
-
+def load_base(
+    model_dir: str | Path,
+    tables: Mapping[str, Any],
+    *,
+    device: str = "auto",
+    truncation: bool = True,
+    names: Mapping[str, str] | None = None,
+) -> tuple[MolformerRegressor, Any, dict[str, Batch]]:
+    """The base model and its splits, as every stage after training starts: the regressor in ``model_dir`` on
+    ``device`` (:func:`pick_device`), and each of ``tables`` (a CSV path or a DataFrame with ``smiles`` and ``label``)
+    encoded as the model was trained (its ``max_length``, ``truncation``: :meth:`Batch.encode`). Returns the model, its
+    tokenizer and the batches under the keys of ``tables``; a batch is named by ``names[key]`` (error messages), else
+    by its key."""
+    model, tokenizer = load_regressor(model_dir, device=pick_device(device))
+    names = dict(names or {})
+    batches = {key: Batch.encode(tokenizer, table, model.spec.max_length, truncation, names.get(key, key))
+               for key, table in tables.items()}
+    return model, tokenizer, batches

@@ -19,8 +19,6 @@ to force retraining.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -37,7 +35,7 @@ from .files import atomic_path, sha256_files, write_csv, write_json
 from .grid import Condition
 from .regressor import MolformerRegressor, RegressorSpec, initial_model, save_regressor
 from .selection import training_rows
-from .training import TrainConfig, evaluate, pick_device, train_regressor
+from .training import TrainConfig, evaluate, pick_device, run_identity, train_regressor
 
 RUN_FILES: tuple[str, ...] = ("train_log.csv", "predictions.csv", "metrics.json")  # metrics last: it marks "finished"
 MODEL_DIR = "model"
@@ -81,16 +79,18 @@ def train_run(
     selection: pd.DataFrame | None = None,
     selection_source: str = "the selection",
     resume_dir: str | Path | None = None,
+    code: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> RunResult:
-    """Train one run (start weights per ``init``, the training split plus ``selection``) and evaluate it on test."""
+    """Train one run (start weights per ``init``, the training split plus ``selection``) and evaluate it on test.
+    ``code`` is the hash of the running code (part of the resume checkpoint's run identity)."""
     rows = training_rows(splits.train, selection, train_source=splits.train.attrs.get("source", "the training split"),
                          selection_source=selection_source)
     model, tokenizer = initial_model(init, start, RegressorSpec(**spec), seed=cfg.seed)
     log(f"init={init} from {start}; {len(rows.frame)} training molecules ({rows.n_added} external added)")
     result = train_regressor(model, tokenizer, rows.frame, splits.validation, cfg, weights=rows.weights,
-                             checkpoint_dir=resume_dir, log=log, progress=progress)
+                             checkpoint_dir=resume_dir, code=code, log=log, progress=progress)
     device = pick_device(cfg.device)
     metrics, predictions = evaluate(model, tokenizer, splits.test, cfg, device)
     metrics.update(
@@ -161,10 +161,9 @@ def restore(entry: Path, key: str, out: Path, *, model: bool) -> bool:
 
 
 def run_key(code: str, cfg: TrainConfig, spec: Mapping[str, Any], run: Condition, inputs: Mapping[str, str]) -> str:
-    """What a finished run depends on: code, recipe (with its seed), head spec, condition, and input contents."""
-    text = json.dumps({"code": code, "recipe": cfg.to_dict(), "spec": dict(spec), "run": run.record(),
-                       "inputs": dict(inputs)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """What a finished run depends on: code, recipe (with its seed), head spec, condition, and input contents
+    (:func:`molinfluence.training.run_identity`, the same identity its resume checkpoint is keyed by)."""
+    return run_identity(code, cfg.to_dict(), spec=dict(spec), run=run.record(), inputs=dict(inputs))
 
 
 @dataclass(frozen=True)
@@ -173,6 +172,7 @@ class SeedJob:
 
     run: Condition
     key: str
+    code: str
     recipe: Mapping[str, Any]
     start: str
     spec: Mapping[str, Any]
@@ -190,7 +190,8 @@ def train_seed(job: SeedJob, data: Splits, *, log: Callable[[str], None] = print
     entry, out = Path(run.path(f"{results}/.cache")), Path(run.path(results))
     resume = Path(run.path(f"{results}/.resume"))
     result = train_run(run.init, job.start, job.spec, cfg, data, selection=pd.read_csv(selection_file),
-                       selection_source=selection_file, resume_dir=resume, log=log, progress=progress)
+                       selection_source=selection_file, resume_dir=resume, code=job.code, log=log,
+                       progress=progress)
     result.metrics.update(run.record())
     with atomic_path(entry, directory=True) as tmp:
         write_run(result, metrics=tmp / "metrics.json", predictions=tmp / "predictions.csv",
@@ -256,7 +257,7 @@ def finetune_condition(
             log(f"seed {run.seed}: restored the finished run from {entry} (same code, recipe and inputs)")
             done[run.seed] = "restored"
         else:
-            pending.append(SeedJob(run, key, dict(recipe), str(start), dict(spec), paths, results, keep_models))
+            pending.append(SeedJob(run, key, code, dict(recipe), str(start), dict(spec), paths, results, keep_models))
     workers = min(int(concurrent), len(pending))
     if workers <= 1:
         for job in pending:

@@ -4,6 +4,14 @@ The recipe is the original report's: AdamW (lr 2e-5, weight decay 0.01), mean-sq
 epochs with early stopping on the **validation** loss (patience 2) and the best weights restored at the end. The test
 split is never looked at during training: :func:`train_regressor` does not even receive it.
 
+One function trains for every stage (:func:`fit`): base training and the fine-tuning grid (epochs with early stopping
+on the validation split, :func:`train_regressor` encodes the tables and calls it), and the validation stage's
+retraining (a fixed number of steps, optionally with an extra sample added to every step at an absolute weight on a
+forked RNG, :class:`Extra`). Its pieces: :func:`check_weights` and :func:`encode_splits` (argument checks and the one
+encoding), :class:`Checkpoint` (resume, written through :func:`molinfluence.files.atomic_path`), :func:`run_epoch`
+(one pass over length-bucketed batches), :class:`EarlyStopping`, and :func:`run_identity` (what a run is: code hash,
+recipe and inputs; the resume checkpoint and the grid's cache entries are both keyed by it).
+
 Determinism: every epoch's batches come from a generator seeded by ``(seed, epoch)`` (:func:`length_batches`), the
 MoLFormer feature-map redraws of every training forward from a dedicated CPU generator also seeded by ``(seed,
 epoch)``, and the global RNG (dropout) is seeded once and saved with each resume checkpoint, so a run that was killed
@@ -20,10 +28,10 @@ forward under bfloat16 autocast with float32 master weights.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -38,10 +46,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .batch import Batch, encode_split
 from .config import check_fields, from_section
+from .files import atomic_path, code_hash
 from .metrics import regression_metrics
 from .molformer import draw_orthogonal_feature_stack
-from .regressor import MolformerRegressor, encode_split, pick_device
+from .regressor import MolformerRegressor, pick_device
 
 
 class TrainingDivergence(RuntimeError):
@@ -112,33 +122,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
-class DeviceSplit:
-    """An encoded split moved to the device once: ids and mask (n x T), per-molecule token counts (host), labels."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    lengths: list[int]
-    labels: torch.Tensor | None = None
-
-    @classmethod
-    def of(cls, enc: Any, device: torch.device | str, labels: torch.Tensor | None = None) -> "DeviceSplit":
-        lengths = enc.attention_mask.sum(dim=1).tolist()  # real tokens after truncation
-        return cls(
-            enc.input_ids.to(device),
-            enc.attention_mask.to(device),
-            lengths,
-            None if labels is None else labels.to(device),
-        )
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def batch(self, idx: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``idx`` (a device tensor) padded to ``width`` tokens (at least their longest molecule)."""
-        return self.input_ids[:, :width].index_select(0, idx), self.attention_mask[:, :width].index_select(0, idx)
-
-
 def length_batches(
     lengths: Sequence[int], batch_size: int, generator: torch.Generator, chunk_batches: int = BUCKET_CHUNK_BATCHES
 ) -> list[torch.Tensor]:
@@ -162,39 +145,34 @@ def length_batches(
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def eval_predictions(model: torch.nn.Module, split: DeviceSplit, batch_size: int) -> torch.Tensor:
-    """Eval-mode predictions for every row of ``split`` in its order, as a float32 device tensor; the rows are batched
-    by length (each batch padded to its own longest molecule, which does not change a molecule's prediction)."""
+def eval_predictions(model: torch.nn.Module, split: Batch, batch_size: int) -> torch.Tensor:
+    """Eval-mode predictions for every row of ``split`` (a :class:`Batch` on the model's device) in its order, as a
+    float32 device tensor; the rows are batched by length (each batch padded to its own longest molecule, which does
+    not change a molecule's prediction)."""
     model.eval()
     n = len(split)
-    if n == 0:
-        return split.input_ids.new_zeros(0, dtype=torch.float32)
-    order = sorted(range(n), key=split.lengths.__getitem__, reverse=True)
+    lengths = split.token_counts()
+    order = sorted(range(n), key=lengths.__getitem__, reverse=True)
     order_dev = torch.tensor(order, device=split.input_ids.device)
     out = []
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            ids, mask = split.batch(order_dev[start : start + batch_size], split.lengths[order[start]])
+            ids, mask = split.gather(order_dev[start : start + batch_size], lengths[order[start]])
             out.append(model(ids, mask).float())
         return out[0].new_empty(n).index_copy_(0, order_dev, torch.cat(out))
-
-
-@torch.no_grad()
-def _predict_encoded(model: MolformerRegressor, enc, batch_size: int, device) -> np.ndarray:
-    pred = eval_predictions(model, DeviceSplit.of(enc, device), batch_size)
-    return pred.cpu().numpy().astype(np.float64)
 
 
 def evaluate(model: MolformerRegressor, tokenizer: Any, frame: pd.DataFrame, cfg: TrainConfig, device) -> tuple[dict, pd.DataFrame]:
     """Metrics (mse, rmse, mae, r2, n_truncated) and a predictions frame (smiles, truth, prediction) for one split."""
     enc = encode_split(tokenizer, frame, cfg.max_length, cfg.truncation, "evaluation")
-    pred = _predict_encoded(model, enc, cfg.eval_batch_size_for(device), device)
+    split = _batch(enc, frame, None, "evaluation").to(device)
+    pred = eval_predictions(model, split, cfg.eval_batch_size_for(device)).cpu().numpy().astype(np.float64)
     truth = frame["label"].to_numpy(dtype=np.float64)
     preds = pd.DataFrame({"smiles": frame["smiles"].to_numpy(), "truth": truth, "prediction": pred})
     return {**regression_metrics(truth, pred), "n_truncated": enc.n_truncated}, preds
 
 
-def split_mse(model: torch.nn.Module, split: DeviceSplit, batch_size: int) -> float:
+def split_mse(model: torch.nn.Module, split: Batch, batch_size: int) -> float:
     """Mean squared error of ``model`` in eval mode over a labelled split (accumulated in float64): the validation loss
     of early stopping and the target loss that the influence validation stage measures."""
     pred = eval_predictions(model, split, batch_size)
@@ -244,6 +222,29 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Rows added to every training step at an absolute ``weight``: the step minimises the batch loss plus
+    ``weight × Σ ℓ`` over ``rows`` (validation adds one sample z at weight 1/n). Their forward pass runs on a forked
+    RNG with the step's own feature projections, so a run with ``Extra`` and one without see the same batches,
+    dropout masks and feature draws; at weight 0 the two runs are bit-identical."""
+
+    rows: Batch
+    weight: float
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def _forward(model: MolformerRegressor, ids: torch.Tensor, mask: torch.Tensor, projections: torch.Tensor | None,
+             cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    if projections is not None:
+        model.molformer.set_next_feature_projections(projections)
+    with _autocast(cfg, device):
+        return model(ids, mask)
+
+
 def train_step(
     model: MolformerRegressor,
     optimizer: torch.optim.Optimizer,
@@ -251,23 +252,46 @@ def train_step(
     mask: torch.Tensor,
     labels: torch.Tensor,
     weights: torch.Tensor | None,
-    projections: torch.Tensor,
+    projections: torch.Tensor | None,
     cfg: TrainConfig,
     device: torch.device,
+    *,
+    extra: Extra | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
-    """One optimisation step on a batch already on the device (``projections``: this forward's feature-map draws);
-    returns the detached batch loss, still on the device: nothing here waits for the device."""
-    model.molformer.set_next_feature_projections(projections)
-    with _autocast(cfg, device):
-        pred = model(ids, mask)
-    per_sample = (pred.float() - labels).square()
-    loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
-    loss.backward()
+    """One optimisation step on a batch already on the device (``projections``: this step's feature-map draws, None
+    when the model trains in eval mode); returns the detached batch loss, still on the device: nothing here waits for
+    the device.
+
+    The loss is the batch mean of ``w (f(z) − y)²`` (``weights`` None: w = 1) plus the :class:`Extra` term.
+    ``chunk`` runs the forward and backward passes over at most that many rows at a time (gradient accumulation of
+    the same mean; a full-batch step over a large split).
+    """
+    if extra is not None:
+        with torch.random.fork_rng(devices=_rng_devices(device)):
+            pred = _forward(model, extra.rows.input_ids, extra.rows.attention_mask, projections, cfg, device)
+        (extra.weight * (pred.float() - extra.rows.labels).square().sum()).backward()
+    n = ids.shape[0]
+    if chunk is None or chunk >= n:
+        per_sample = (_forward(model, ids, mask, projections, cfg, device).float() - labels).square()
+        loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+        loss.backward()
+        loss = loss.detach()
+    else:
+        loss = torch.zeros((), device=ids.device)
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            per_sample = (_forward(model, ids[part], mask[part], projections, cfg, device).float() - labels[part]).square()
+            if weights is not None:
+                per_sample = per_sample * weights[part]
+            part_loss = per_sample.sum() / n
+            part_loss.backward()
+            loss = loss + part_loss.detach()
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return loss
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -276,17 +300,364 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return nullcontext()
 
 
-def run_fingerprint(cfg: TrainConfig, model: MolformerRegressor, train: pd.DataFrame, weights: np.ndarray | None) -> str:
-    """Identifies a training run (recipe, initial weights, data) so a resume checkpoint is only reused for the same run."""
+# --------------------------------------------------------------------------------------------------------------------
+# What a run is
+
+
+@functools.lru_cache(maxsize=1)
+def training_code() -> str:
+    """Hash of this module and every package module it imports (:func:`molinfluence.files.code_hash`): the code of a
+    training run when its caller (a workflow rule) does not pass its own script's hash."""
+    here = Path(__file__).resolve()
+    return code_hash(here, root=here.parents[1], module=__name__)
+
+
+def run_identity(code: str, recipe: Mapping[str, Any], **parts: Any) -> str:
+    """What a training run is: the hash of its ``code``, its ``recipe`` (with the seed) and JSON-able ``parts``
+    (digests of the inputs, the run's name). The one key of both the resume checkpoint (:func:`fit`) and the grid's
+    cache entries (:func:`molinfluence.runs.run_key`): a run killed and resumed after a code edit starts over."""
+    text = json.dumps({"code": code, "recipe": dict(recipe), **parts}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor | None]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes), e.g. a model's initial state or a split."""
     h = hashlib.sha256()
-    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(pd.util.hash_pandas_object(train[["smiles", "label"]], index=False).values.tobytes())
-    if weights is not None:
-        h.update(np.asarray(weights, dtype=np.float64).tobytes())
+        if tensor is None:
+            continue
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def batch_digest(rows: Batch | None) -> str | None:
+    if rows is None:
+        return None
+    return tensor_digest({"input_ids": rows.input_ids, "attention_mask": rows.attention_mask, "labels": rows.labels,
+                          "weights": rows.weights})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Argument checks and the one encoding
+
+
+def check_weights(weights: np.ndarray | Sequence[float] | None, n: int) -> np.ndarray | None:
+    """Per-sample weights as float64, or a ValueError unless one finite value >= 0 per training row."""
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("sample weights must be one finite, non-negative value per training row")
+    return weights
+
+
+def _batch(enc: Any, frame: pd.DataFrame, weights: np.ndarray | None, name: str) -> Batch:
+    labels = torch.tensor(frame["label"].to_numpy(dtype=np.float32))
+    w = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+    return Batch(enc.input_ids, enc.attention_mask, labels, w, name)
+
+
+def encode_splits(
+    tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame, cfg: TrainConfig, weights: np.ndarray | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[Batch, Batch]:
+    """The checked, encoded training split (with its weights) and validation split of :func:`train_regressor`."""
+    if len(train) == 0:
+        raise ValueError("the training split is empty")
+    if len(validation) == 0:
+        raise ValueError("the validation split is empty: early stopping needs data.validation_fraction > 0")
+    weights = check_weights(weights, len(train))
+    enc_train = encode_split(tokenizer, train, cfg.max_length, cfg.truncation, "training")
+    enc_val = encode_split(tokenizer, validation, cfg.max_length, cfg.truncation, "validation")
+    if enc_train.n_truncated or enc_val.n_truncated:
+        log(f"truncated to {cfg.max_length} tokens: {enc_train.n_truncated} training, {enc_val.n_truncated} validation molecules")
+    return _batch(enc_train, train, weights, "training"), _batch(enc_val, validation, None, "validation")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Early stopping, checkpoint and resume
+
+
+@dataclass
+class EarlyStopping:
+    """Best validation loss so far, its epoch and weights (on the CPU), and the epochs since it improved."""
+
+    patience: int
+    best_val: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, val_loss: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record epoch ``epoch``'s validation loss; True when it is the best so far (its weights are kept)."""
+        if val_loss < self.best_val:
+            self.best_val, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            self.best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class Checkpoint:
+    """The resume checkpoint ``<directory>/last.pt`` of the run ``identity``, written after every epoch through
+    :func:`~molinfluence.files.atomic_path`; another run's checkpoint is ignored (and said so)."""
+
+    directory: Path
+    identity: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory) / "last.pt"
+
+    def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, log: Callable[[str], None]) -> dict[str, Any] | None:
+        """Restore model, optimiser and RNG state; returns the loop state (epoch, history, early stopping) or None."""
+        if not self.path.is_file():
+            return None
+        ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+        if ckpt.get("identity") != self.identity:
+            log(f"ignoring {self.path}: it belongs to a different run (code, config, data or initial weights changed)")
+            return None
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        log(f"resuming from {self.path} after epoch {int(ckpt['epoch'])}")
+        return ckpt
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, epoch: int,
+             history: list[dict[str, Any]], stopping: EarlyStopping) -> None:
+        state = {
+            "identity": self.identity,
+            "epoch": epoch,
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "history": history,
+            "best_state": stopping.best_state,
+            "best_val": stopping.best_val,
+            "best_epoch": stopping.best_epoch,
+            "bad_epochs": stopping.bad_epochs,
+        }
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One epoch
+
+
+def epoch_batches(data: Batch, batch_size: int | None, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Row indices of each step of ``epoch``: length-bucketed batches from a generator seeded by ``(seed, epoch)``
+    (:func:`length_batches`), or with ``batch_size`` None the whole split in file order as one step."""
+    if batch_size is None:
+        return [torch.arange(len(data))]
+    return length_batches(data.token_counts(), batch_size, torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def run_epoch(
+    model: MolformerRegressor,
+    optimizer: torch.optim.Optimizer,
+    data: Batch,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    *,
+    batch_size: int | None,
+    max_steps: int | None = None,
+    train_mode: bool = True,
+    extra: Extra | None = None,
+    chunk: int | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    label: str = "epoch",
+) -> tuple[float, int]:
+    """One pass over ``data`` (on ``device``), or its first ``max_steps`` steps; returns (mean training loss, steps).
+
+    The losses stay on the device and are read every :data:`CHECK_EVERY_STEPS` steps and at the end (the
+    finiteness check names the epoch and batch of a non-finite loss)."""
+    model.train(train_mode)
+    batches = epoch_batches(data, batch_size, cfg.seed, epoch)
+    if max_steps is not None:
+        batches = batches[:max_steps]
+    lengths = data.token_counts()
+    widths = [max(lengths[i] for i in b.tolist()) for b in batches]
+    sizes = [b.numel() for b in batches]
+    order = torch.cat(batches).to(device, non_blocking=True)
+    draws = FeatureDraws(model, cfg.seed, epoch, device) if train_mode else None
+    terminal = progress and sys.stderr.isatty()
+    total = f"/{cfg.epochs}" if label == "epoch" else ""
+    bar = tqdm(total=len(batches), desc=f"{label} {epoch}{total}", leave=False) if terminal else None
+    losses: list[torch.Tensor] = []
+    running, seen, pos = 0.0, 0, 0
+    try:
+        for b, (size, width) in enumerate(zip(sizes, widths), start=1):
+            idx = order[pos : pos + size]
+            pos += size
+            ids, mask = data.gather(idx, width)
+            labels = data.labels.index_select(0, idx)
+            weights = None if data.weights is None else data.weights.index_select(0, idx)
+            projections = draws.next() if draws is not None else None
+            losses.append(train_step(model, optimizer, ids, mask, labels, weights, projections, cfg, device,
+                                     extra=extra, chunk=chunk))
+            if b % CHECK_EVERY_STEPS == 0 or b == len(batches):
+                # The only host synchronisation of the epoch's steps: read the losses since the last check.
+                values = torch.stack(losses).double().cpu().tolist()
+                for j, value in enumerate(values):
+                    if not math.isfinite(value):
+                        raise TrainingDivergence(
+                            f"non-finite training loss ({value}) at {label} {epoch}, batch {b - len(values) + j + 1}: "
+                            "lower train.lr, set train.grad_clip, or check the labels for extreme values"
+                        )
+                    running += value * sizes[b - len(values) + j]
+                seen += sum(sizes[b - len(values) : b])
+                losses = []
+                if bar is not None:
+                    bar.update(len(values))
+                    bar.set_postfix(loss=f"{running / seen:.4f}")
+                elif progress and b < len(batches):
+                    log(f"{label} {epoch} step {b}/{len(batches)}: train loss {running / seen:.6f}")
+    finally:
+        if draws is not None:
+            draws.close()
+        if bar is not None:
+            bar.close()
+    return running / max(seen, 1), len(batches)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The one training function
+
+
+def fit(
+    model: MolformerRegressor,
+    train: Batch,
+    cfg: TrainConfig,
+    *,
+    validation: Batch | None = None,
+    steps: int | None = None,
+    full_batch: bool = False,
+    train_mode: bool = True,
+    extra: Extra | None = None,
+    chunk: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    code: str | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place on ``train`` (its ``weights``, when set, multiply the per-sample squared errors; the
+    batch loss is their mean) with AdamW of ``cfg`` and seed ``cfg.seed``.
+
+    Two schedules:
+
+    - ``steps`` None: ``cfg.epochs`` epochs with early stopping on ``validation`` (patience ``cfg.patience``), the
+      best weights restored at the end; ``checkpoint_dir`` resumes a killed run from its last completed epoch (it
+      must live outside the workflow's declared outputs: Snakemake deletes those before a job starts). This is base
+      training and the fine-tuning grid.
+    - ``steps`` = S: exactly S steps (epochs of the same seeded batches, cut at S), no early stopping, the last
+      weights kept; ``full_batch`` makes every step the whole split in file order (forward/backward in chunks of
+      ``chunk`` rows), ``train_mode`` False trains in eval mode (no dropout, fixed feature maps), ``extra`` adds
+      rows at an absolute weight (:class:`Extra`). This is the validation stage's retraining.
+
+    ``code`` is the hash of the code that runs (default: :func:`training_code`), part of the run identity a resume
+    checkpoint must match.
+    """
+    if steps is None and validation is None:
+        raise ValueError("epochs with early stopping need a validation split (or give a fixed number of steps)")
+    if steps is not None and steps < 1:
+        raise ValueError(f"the number of training steps must be >= 1, got {steps}")
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    model.to(device)
+    identity = None
+    if checkpoint_dir:  # hashing the weights costs a pass over them: only for a run that can resume
+        identity = run_identity(
+            code or training_code(), cfg.to_dict(), start=tensor_digest(model.state_dict()), train=batch_digest(train),
+            validation=batch_digest(validation), schedule={"steps": steps, "full_batch": full_batch, "train_mode": train_mode},
+            extra=None if extra is None else [batch_digest(extra.rows), extra.weight],
+        )
+    # Moved to the device once; batches are gathered there.
+    data, val = train.to(device), None if validation is None else validation.to(device)
+    extra = None if extra is None else Extra(extra.rows.to(device), float(extra.weight))
+    optimizer = make_optimizer(model, cfg, device)
+    step_args = dict(batch_size=None if full_batch else cfg.batch_size, train_mode=train_mode, extra=extra, chunk=chunk)
+    if steps is not None:
+        if checkpoint_dir:
+            raise ValueError("a fixed-steps run does not resume: give no checkpoint_dir")
+        return _fit_steps(model, optimizer, data, cfg, device, steps, step_args, log, progress)
+
+    history: list[dict[str, Any]] = []
+    stopping = EarlyStopping(cfg.patience)
+    start_epoch = 1
+    checkpoint = Checkpoint(Path(checkpoint_dir), identity) if identity is not None else None
+    resumed = checkpoint.load(model, optimizer, log) if checkpoint is not None else None
+    if resumed is not None:
+        history = list(resumed["history"])
+        stopping = EarlyStopping(cfg.patience, float(resumed["best_val"]), int(resumed["best_epoch"]),
+                                 int(resumed["bad_epochs"]), resumed["best_state"])
+        start_epoch = int(resumed["epoch"]) + 1
+
+    stopped_early = stopping.exhausted
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if stopped_early:
+            break
+        t0 = time.perf_counter()
+        train_loss, _ = run_epoch(model, optimizer, data, cfg, device, epoch, log=log, progress=progress, **step_args)
+        val_loss = split_mse(model, val, cfg.eval_batch_size_for(device))
+        if not math.isfinite(val_loss):
+            raise TrainingDivergence(f"non-finite validation loss at epoch {epoch}: lower train.lr or set train.grad_clip")
+        is_best = stopping.update(val_loss, epoch, model)
+        seconds = round(time.perf_counter() - t0, 3)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "is_best": bool(is_best),
+                        "seconds": seconds})
+        log(
+            f"epoch {epoch}: train loss {train_loss:.6f}, validation loss {val_loss:.6f}"
+            + (" (best so far)" if is_best else f" (no improvement for {stopping.bad_epochs}/{cfg.patience} epochs)")
+            + f" [{seconds:.1f} s, {len(data) / max(seconds, 1e-9):.0f} molecules/s]"
+        )
+        stopped_early = stopping.exhausted and epoch < cfg.epochs
+        if stopped_early:
+            log(f"early stopping at epoch {epoch}; best validation loss {stopping.best_val:.6f} at epoch {stopping.best_epoch}")
+        if checkpoint is not None:
+            checkpoint.save(model, optimizer, device, epoch, history, stopping)
+
+    assert stopping.best_state is not None  # at least one epoch ran (epochs >= 1) or was restored
+    model.load_state_dict(stopping.best_state)
+    model.eval()
+    return TrainResult(
+        history=pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss", "is_best", "seconds"]),
+        best_epoch=stopping.best_epoch,
+        best_val_loss=stopping.best_val,
+        stopped_early=stopped_early,
+    )
+
+
+def _fit_steps(model, optimizer, data, cfg, device, steps, step_args, log, progress) -> TrainResult:
+    """The fixed-steps schedule of :func:`fit`: epochs of seeded batches until ``steps`` steps have run."""
+    history: list[dict[str, Any]] = []
+    done, epoch = 0, 0
+    while done < steps:
+        epoch += 1
+        t0 = time.perf_counter()
+        loss, ran = run_epoch(model, optimizer, data, cfg, device, epoch, max_steps=steps - done, log=log,
+                              progress=progress, label="pass", **step_args)
+        done += ran
+        history.append({"epoch": epoch, "train_loss": loss, "val_loss": math.nan, "is_best": False,
+                        "seconds": round(time.perf_counter() - t0, 3)})
+    model.eval()
+    return TrainResult(
+        history=pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss", "is_best", "seconds"]),
+        best_epoch=epoch, best_val_loss=math.nan, stopped_early=False,
+    )
 
 
 def train_regressor(
@@ -298,157 +669,16 @@ def train_regressor(
     *,
     weights: np.ndarray | None = None,
     checkpoint_dir: str | Path | None = None,
+    code: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> TrainResult:
     """Train in place with early stopping on ``validation``; the best weights are restored before returning.
 
-    ``weights`` (one per training row, ≥ 0) multiply the per-sample squared errors (the ``weighted`` selection strategy);
-    the batch loss is their mean. ``checkpoint_dir`` enables resuming a killed run from its last completed epoch; it
-    must live outside the workflow's declared outputs (Snakemake deletes those before a job starts).
+    The tables are checked and encoded (:func:`encode_splits`), then trained by :func:`fit` (epochs with early
+    stopping). ``weights`` (one per training row, ≥ 0) multiply the per-sample squared errors (the ``weighted``
+    selection strategy); the batch loss is their mean. ``checkpoint_dir`` enables resuming a killed run from its last
+    completed epoch; ``code`` the hash of the running code (part of the run identity).
     """
-    if len(train) == 0:
-        raise ValueError("the training split is empty")
-    if len(validation) == 0:
-        raise ValueError("the validation split is empty: early stopping needs data.validation_fraction > 0")
-    if weights is not None:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(train),) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
-            raise ValueError("sample weights must be one finite, non-negative value per training row")
-    device = pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    model.to(device)
-
-    fingerprint = run_fingerprint(cfg, model, train, weights)
-    enc_train = encode_split(tokenizer, train, cfg.max_length, cfg.truncation, "training")
-    enc_val = encode_split(tokenizer, validation, cfg.max_length, cfg.truncation, "validation")
-    if enc_train.n_truncated or enc_val.n_truncated:
-        log(f"truncated to {cfg.max_length} tokens: {enc_train.n_truncated} training, {enc_val.n_truncated} validation molecules")
-    # Tokenised once, moved to the device once; batches are gathered there.
-    data = DeviceSplit.of(enc_train, device, torch.tensor(train["label"].to_numpy(dtype=np.float32)))
-    val = DeviceSplit.of(enc_val, device, torch.tensor(validation["label"].to_numpy(dtype=np.float32)))
-    w_train = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
-
-    optimizer = make_optimizer(model, cfg, device)
-    history: list[dict[str, Any]] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    best_val, best_epoch, bad_epochs, start_epoch = math.inf, 0, 0, 1
-
-    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    if ckpt_path is not None and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("fingerprint") == fingerprint:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["rng"])
-            if ckpt.get("cuda_rng") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-            history = list(ckpt["history"])
-            best_state = ckpt["best_state"]
-            best_val, best_epoch, bad_epochs = float(ckpt["best_val"]), int(ckpt["best_epoch"]), int(ckpt["bad_epochs"])
-            start_epoch = int(ckpt["epoch"]) + 1
-            log(f"resuming from {ckpt_path} after epoch {start_epoch - 1}")
-        else:
-            log(f"ignoring {ckpt_path}: it belongs to a different run (config, data or initial weights changed)")
-
-    n = len(train)
-    terminal = progress and sys.stderr.isatty()
-    stopped_early = bad_epochs >= cfg.patience
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stopped_early:
-            break
-        t0 = time.perf_counter()
-        model.train()
-        batches = length_batches(data.lengths, cfg.batch_size, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        widths = [max(data.lengths[i] for i in b.tolist()) for b in batches]
-        sizes = [b.numel() for b in batches]
-        order = torch.cat(batches).to(device, non_blocking=True)
-        draws = FeatureDraws(model, cfg.seed, epoch, device)
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False) if terminal else None
-        losses: list[torch.Tensor] = []
-        running, seen, pos = 0.0, 0, 0
-        try:
-            for b, (size, width) in enumerate(zip(sizes, widths), start=1):
-                idx = order[pos : pos + size]
-                pos += size
-                ids, mask = data.batch(idx, width)
-                labels = data.labels.index_select(0, idx)
-                weights_b = None if w_train is None else w_train.index_select(0, idx)
-                losses.append(train_step(model, optimizer, ids, mask, labels, weights_b, draws.next(), cfg, device))
-                if b % CHECK_EVERY_STEPS == 0 or b == len(batches):
-                    # The only host synchronisation of the epoch's steps: read the losses since the last check.
-                    values = torch.stack(losses).double().cpu().tolist()
-                    for j, value in enumerate(values):
-                        if not math.isfinite(value):
-                            raise TrainingDivergence(
-                                f"non-finite training loss ({value}) at epoch {epoch}, batch {b - len(values) + j + 1}: "
-                                "lower train.lr, set train.grad_clip, or check the labels for extreme values"
-                            )
-                        running += value * sizes[b - len(values) + j]
-                    seen += sum(sizes[b - len(values) : b])
-                    losses = []
-                    if bar is not None:
-                        bar.update(len(values))
-                        bar.set_postfix(loss=f"{running / seen:.4f}")
-                    elif progress and b < len(batches):
-                        log(f"epoch {epoch} step {b}/{len(batches)}: train loss {running / seen:.6f}")
-        finally:
-            draws.close()
-            if bar is not None:
-                bar.close()
-        val_loss = split_mse(model, val, cfg.eval_batch_size_for(device))
-        if not math.isfinite(val_loss):
-            raise TrainingDivergence(f"non-finite validation loss at epoch {epoch}: lower train.lr or set train.grad_clip")
-        is_best = val_loss < best_val
-        if is_best:
-            best_val, best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": running / seen,
-                "val_loss": val_loss,
-                "is_best": bool(is_best),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-        )
-        log(
-            f"epoch {epoch}: train loss {running / seen:.6f}, validation loss {val_loss:.6f}"
-            + (" (best so far)" if is_best else f" (no improvement for {bad_epochs}/{cfg.patience} epochs)")
-            + f" [{history[-1]['seconds']:.1f} s, {n / max(history[-1]['seconds'], 1e-9):.0f} molecules/s]"
-        )
-        stopped_early = bad_epochs >= cfg.patience and epoch < cfg.epochs
-        if stopped_early:
-            log(f"early stopping at epoch {epoch}; best validation loss {best_val:.6f} at epoch {best_epoch}")
-        if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_name(f".last.pt.tmp-{os.getpid()}")
-            torch.save(
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                    "history": history,
-                    "best_state": best_state,
-                    "best_val": best_val,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                },
-                tmp,
-            )
-            os.replace(tmp, ckpt_path)
-
-    assert best_state is not None  # at least one epoch ran (epochs >= 1) or was restored
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(
-        history=pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss", "is_best", "seconds"]),
-        best_epoch=best_epoch,
-        best_val_loss=best_val,
-        stopped_early=stopped_early,
-    )
+    data, val = encode_splits(tokenizer, train, validation, cfg, weights, log)
+    return fit(model, data, cfg, validation=val, checkpoint_dir=checkpoint_dir, code=code, log=log, progress=progress)

@@ -17,37 +17,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molinfluence.cli import json_arg, run, set_threads  # noqa: E402
+from molinfluence.cli import add_base_inputs, json_arg, load_base_inputs, run, set_threads  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--args", type=json_arg, required=True, help="the config's influence section as JSON")
-    p.add_argument("--model", required=True)
-    p.add_argument("--train", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--target-name", choices=("validation", "test"), default="validation")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--no-truncation", action="store_true")
+    add_base_inputs(p)
     p.add_argument("--out", required=True)
     p.add_argument("--out-stats", required=True)
     args = p.parse_args()
     set_threads(args.threads)
 
     from molinfluence.files import write_json
-    from molinfluence.influence import Batch, InfluenceArgs, compute_ihvp, save_ihvp
-    from molinfluence.regressor import load_regressor, pick_device
+    from molinfluence.influence import InfluenceArgs, compute_ihvp, save_ihvp
 
     if args.target_name == "test":
         print("WARNING: the influence target is the test split; the reported test metrics are then not independent "
               "of the selection (this reproduces the original report).", file=sys.stderr)
     inf_args = InfluenceArgs.from_dict({**args.args, "target": args.target_name})
-    model, tokenizer = load_regressor(args.model, device=pick_device(args.device))
-    truncation = not args.no_truncation
-    max_length = model.spec.max_length
-    train = Batch.encode(tokenizer, args.train, max_length, truncation, "train")
-    target = Batch.encode(tokenizer, args.target, max_length, truncation, args.target_name)
+    model, _, splits = load_base_inputs(args)
+    train, target = splits["train"], splits["target"]
     result = compute_ihvp(model, train, target, inf_args, progress=True)
     save_ihvp(result, args.out)
     write_json(args.out_stats, {"args": result.args, **result.stats})

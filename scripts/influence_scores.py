@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molinfluence.cli import run, set_threads  # noqa: E402
+from molinfluence.cli import add_base_inputs, load_base_inputs, run, set_threads  # noqa: E402
 
 
 def top_listing(table, n: int = 10) -> str:
@@ -32,12 +32,9 @@ def top_listing(table, n: int = 10) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ihvp", required=True)
-    p.add_argument("--model", required=True)
+    add_base_inputs(p, splits=False)
     p.add_argument("--external", required=True)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--no-truncation", action="store_true")
     p.add_argument("--out", required=True)
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-top", required=True)
@@ -48,13 +45,13 @@ def main() -> None:
     import torch
 
     from molinfluence.files import atomic_path, write_csv
-    from molinfluence.influence import Batch, load_ihvp, score_samples
-    from molinfluence.regressor import load_regressor, pick_device
+    from molinfluence.influence import load_ihvp, score_samples
 
     ihvp = load_ihvp(args.ihvp)
-    model, tokenizer = load_regressor(args.model, device=pick_device(args.device))
     external = pd.read_csv(args.external)
-    batch = Batch.encode(tokenizer, external, model.spec.max_length, not args.no_truncation, "external")
+    external.attrs["source"] = args.external
+    model, _, splits = load_base_inputs(args, external=external)
+    batch = splits["external"]
     scores = score_samples(model, ihvp, batch, batch_size=args.batch_size, progress=True)
 
     table = external[["ext_index", "smiles", "label"]].assign(score=scores.numpy())

@@ -1,7 +1,7 @@
 """Base training: train a regressor, evaluate it on the test split, write results atomically.
 
     train.py --args JSON --spec JSON --init fresh|continue --encoder DIR --train CSV --validation CSV --test CSV
-             [--resume-dir DIR] [--threads N] [--out-model DIR] --out-metrics JSON --out-predictions CSV --out-log CSV
+             [--resume-dir DIR] [--code HASH] [--threads N] [--out-model DIR] --out-metrics JSON --out-predictions CSV --out-log CSV
 
 ``--init fresh`` puts a new seeded head on the pretrained encoder in ``--encoder``; ``--init continue`` loads the
 trained regressor directory in ``--encoder``. The fine-tuning grid runs through ``finetune.py`` (all seeds of a
@@ -30,6 +30,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--validation", required=True)
     p.add_argument("--test", required=True)
     p.add_argument("--resume-dir", help="where to keep the resume checkpoint (outside the declared outputs)")
+    p.add_argument("--code", help="hash of the training code (part of the resume checkpoint's run identity); "
+                   "default: the hash of molinfluence.training and what it imports")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-model")
     p.add_argument("--out-metrics", required=True)
@@ -47,7 +49,7 @@ def main() -> None:
 
     splits = Splits.read(args.train, args.validation, args.test)
     result = train_run(args.init, args.encoder, args.spec, TrainConfig.from_dict(args.args), splits,
-                       resume_dir=args.resume_dir)
+                       resume_dir=args.resume_dir, code=args.code)
     write_run(result, metrics=args.out_metrics, predictions=args.out_predictions, log=args.out_log,
               model=args.out_model)
     if args.resume_dir:

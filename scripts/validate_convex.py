@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molinfluence.cli import add_base_inputs, json_arg, run, set_threads  # noqa: E402
+from molinfluence.cli import add_base_inputs, load_base_inputs, run, set_threads  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_base_inputs(p)
+    add_base_inputs(p, chosen=True, influence=True)
     p.add_argument("--seeds", type=int, nargs="+", required=True)
     p.add_argument("--out-effects", required=True)
     p.add_argument("--out-scores", required=True)
@@ -31,10 +31,14 @@ def main() -> None:
     set_threads(args.threads)
 
     from molinfluence.files import write_csv, write_json
-    from molinfluence.validation import convex_reference, load_inputs
+    import pandas as pd
 
-    model, train, target, chosen_batch, chosen = load_inputs(args.model, args.device, args.train, args.target,
-                                                             args.target_name, args.chosen, not args.no_truncation)
+    from molinfluence.validation import convex_reference
+
+    chosen = pd.read_csv(args.chosen)
+    chosen.attrs["source"] = args.chosen
+    model, _, splits = load_base_inputs(args, chosen=chosen)
+    train, target, chosen_batch = splits["train"], splits["target"], splits["chosen"]
     effects, scores, stats = convex_reference(
         model, train, target, chosen_batch, {**args.influence, "target": args.target_name}, args.seeds,
         chosen["ext_index"].tolist(), progress=True,

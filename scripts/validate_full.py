@@ -18,25 +18,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molinfluence.cli import json_arg, run, set_threads  # noqa: E402
+from molinfluence.cli import add_base_inputs, json_arg, load_base_inputs, run, set_threads  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", type=json_arg, required=True, help="validation.steps/lr/weight_decay/batch_size/train_mode")
     p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--train", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--target-name", choices=("validation", "test"), default="validation")
+    add_base_inputs(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--chosen", help="chosen.csv of the validation stage")
     which.add_argument("--baseline", action="store_true", help="train on the training split alone")
     p.add_argument("--chunk", type=int, default=0)
     p.add_argument("--chunk-size", type=int, default=5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--no-truncation", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     set_threads(args.threads)
@@ -44,27 +38,21 @@ def main() -> None:
     import pandas as pd
 
     from molinfluence.files import write_csv
-    from molinfluence.influence import Batch
-    from molinfluence.regressor import load_regressor, pick_device
     from molinfluence.validation import ValidationArgs, chunk_rows, full_effects
 
     recipe = ValidationArgs.from_dict({**args.recipe, "seeds": args.seeds}).recipe()
-    model, tokenizer = load_regressor(args.model, device=pick_device(args.device))
-    truncation, max_length = not args.no_truncation, model.spec.max_length
-
-    def batch(table, name: str) -> Batch:
-        return Batch.encode(tokenizer, table, max_length, truncation, name)
-
-    train = batch(args.train, "train")
-    target = batch(args.target, args.target_name)
+    part = None
+    if not args.baseline:
+        chosen = pd.read_csv(args.chosen)
+        part = chosen.iloc[chunk_rows(len(chosen), args.chunk_size, args.chunk)].reset_index(drop=True)
+        part.attrs["source"] = args.chosen
+    model, _, splits = load_base_inputs(args, **({} if part is None else {"chosen": part}))
+    train, target = splits["train"], splits["target"]
     if args.baseline:
         samples, ext_index = None, None
         print(f"baselines: {len(train)} training molecules alone, seeds {args.seeds}")
     else:
-        chosen = pd.read_csv(args.chosen)
-        rows = chunk_rows(len(chosen), args.chunk_size, args.chunk)
-        part = chosen.iloc[rows].reset_index(drop=True)
-        samples, ext_index = batch(part, "chosen"), part["ext_index"].tolist()
+        samples, ext_index = splits["chosen"], part["ext_index"].tolist()
         print(f"chunk {args.chunk}: ext_index {ext_index}, each added at weight 1/{len(train)}, seeds {args.seeds}")
     runs = full_effects(model, train, target, samples, recipe, args.seeds, ext_index, progress=True)
     write_csv(args.out, runs)

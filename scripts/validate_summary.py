@@ -8,7 +8,8 @@
 
 --full takes the per-seed baseline files and the chunk files of validate_full.py. The JSON holds, per setting,
 Pearson and Spearman correlation with bootstrap intervals, the scale ratio and the noise of the measurement; the
-table one row per (setting, sample); the plots predicted against measured effect (error bars: sd over seeds).
+table one row per (setting, sample); the plots predicted against measured effect (error bars: sd over seeds). The
+estimators compared on the same samples have their own summary, validate_estimator_table.py.
 """
 
 from __future__ import annotations
@@ -35,11 +36,6 @@ def main() -> None:
     p.add_argument("--convex-effects", required=True)
     p.add_argument("--convex-scores", required=True)
     p.add_argument("--convex-stats", required=True)
-    p.add_argument("--estimator-scores", required=True)
-    p.add_argument("--estimator-stats", required=True)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--out-estimators", required=True)
-    p.add_argument("--out-plot-estimators", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-plot", required=True)
@@ -49,8 +45,8 @@ def main() -> None:
     import pandas as pd
 
     from molinfluence.files import read_json, write_csv, write_json
-    from molinfluence.plots import plot_estimator_comparison, plot_influence_validation
-    from molinfluence.validation import ValidationArgs, build_report, estimator_table
+    from molinfluence.plots import plot_influence_validation
+    from molinfluence.validation import ValidationArgs, build_report
 
     chosen, n_train = pd.read_csv(args.chosen), len(pd.read_csv(args.train))
     full_runs = pd.concat([pd.read_csv(f) for f in args.full], ignore_index=True)
@@ -77,19 +73,10 @@ def main() -> None:
     for setting, out in (("full", args.out_plot), ("convex", args.out_plot_convex)):
         title = f"{titles[setting]}\nchange of the {args.target_name} loss when a sample is added"
         plot_influence_validation(table[table.setting == setting], out, title)
-    estimators = estimator_table(chosen, n_train, full_runs, pd.read_csv(args.estimator_scores),
-                                 read_json(args.estimator_stats), influence_stats, k=args.topk, n_boot=args.bootstrap,
-                                 seed=args.seed)
-    write_csv(args.out_estimators, estimators)
-    plot_estimator_comparison(estimators, args.out_plot_estimators,
-                              f"Estimators vs the same full-model retraining ({len(chosen)} samples, "
-                              f"{args.target_name} loss)")
-    report["estimators"] = estimators.astype(object).where(estimators.notna(), None).to_dict(orient="records")
     write_json(args.out_json, report)  # last: its presence means the stage finished
     for setting, s in report["settings"].items():
         print(f"{setting}: Pearson {s['pearson']['estimate']}, CI {s['pearson']['ci']}; "
               f"Spearman {s['spearman']['estimate']}, CI {s['spearman']['ci']}; noise {s['noise']}")
-    print(estimators.to_string(index=False))
 
 
 if __name__ == "__main__":

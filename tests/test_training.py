@@ -9,7 +9,6 @@ import torch
 from molinfluence.regressor import RegressorSpec, new_regressor
 from molinfluence import training
 from molinfluence.training import (
-    DeviceSplit,
     FeatureDraws,
     TrainConfig,
     TrainingDivergence,
@@ -18,6 +17,7 @@ from molinfluence.training import (
     length_batches,
     train_regressor,
 )
+from molinfluence.batch import Batch
 from molinfluence.tokenizer import encode_smiles
 
 
@@ -45,8 +45,7 @@ def test_best_validation_weights_are_restored(tiny_encoder_dir, splits):
     model, tok, cfg, result = _train(tiny_encoder_dir, train, val, lr=3e-2, epochs=6, patience=6)
     hist = result.history
     assert result.best_epoch == int(hist.loc[hist.val_loss.idxmin(), "epoch"])
-    enc = encode_smiles(tok, val["smiles"].tolist())
-    restored = split_mse(model, DeviceSplit.of(enc, "cpu", torch.tensor(val["label"].to_numpy(np.float32))), 64)
+    restored = split_mse(model, Batch.encode(tok, val, 202, name="validation"), 64)
     assert restored == pytest.approx(hist.val_loss.min(), rel=1e-6)
     assert hist.is_best.sum() >= 1 and hist.loc[hist.is_best, "epoch"].max() == result.best_epoch
 
@@ -176,13 +175,14 @@ def test_padding_to_the_batch_longest_does_not_change_predictions(tiny_encoder_d
     train, _, _ = splits
     model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
     model.eval()
-    split = DeviceSplit.of(encode_smiles(tok, train["smiles"].tolist()), "cpu")
-    idx = torch.tensor([int(np.argmin(split.lengths)), 3, 5])
-    own = max(split.lengths[i] for i in idx.tolist())
+    split = Batch.encode(tok, train, 202, name="train")
+    lengths = split.token_counts()
+    idx = torch.tensor([int(np.argmin(lengths)), 3, 5])
+    own = max(lengths[i] for i in idx.tolist())
     with torch.no_grad():
-        tight = model(*split.batch(idx, own))
-        wide = model(*split.batch(idx, split.input_ids.shape[1]))
-        alone = torch.stack([model(*split.batch(idx[j : j + 1], split.lengths[int(idx[j])])) for j in range(3)]).squeeze(1)
+        tight = model(*split.gather(idx, own))
+        wide = model(*split.gather(idx, split.input_ids.shape[1]))
+        alone = torch.stack([model(*split.gather(idx[j : j + 1], lengths[int(idx[j])])) for j in range(3)]).squeeze(1)
     assert own < split.input_ids.shape[1]
     torch.testing.assert_close(tight, wide, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tight, alone, atol=1e-5, rtol=1e-5)
@@ -242,7 +242,7 @@ def test_divergence_found_mid_epoch_names_the_batch(tiny_encoder_dir, splits, mo
     monkeypatch.setattr(training, "CHECK_EVERY_STEPS", 2)
     cfg = TrainConfig(epochs=1, batch_size=16, seed=1)
     batches = length_batches(
-        DeviceSplit.of(encode_smiles(_tok(tiny_encoder_dir), train["smiles"].tolist()), "cpu").lengths,
+        Batch.encode(_tok(tiny_encoder_dir), train, 202, name="train").token_counts(),
         16,
         torch.Generator().manual_seed(cfg.seed * 100_003 + 1),
     )
@@ -255,3 +255,39 @@ def test_divergence_found_mid_epoch_names_the_batch(tiny_encoder_dir, splits, mo
 
 def _tok(encoder_dir):
     return new_regressor(encoder_dir, RegressorSpec(), seed=0)[1]
+
+
+def test_a_checkpoint_written_by_other_code_is_not_resumed(tmp_path, tiny_encoder_dir, splits):
+    """The run identity holds the code hash: a run killed and resumed after a code edit starts over instead of mixing
+    code versions (the grid's cache key is the same function, runs.run_key)."""
+    train, val, _ = splits
+    ckpt = tmp_path / "resume"
+    cfg = TrainConfig(epochs=1, seed=1)
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, cfg, checkpoint_dir=ckpt, code="before", progress=False, log=lambda _: None)
+    same, edited = [], []
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, cfg, checkpoint_dir=ckpt, code="before", progress=False, log=same.append)
+    model, tok = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    train_regressor(model, tok, train, val, cfg, checkpoint_dir=ckpt, code="after", progress=False, log=edited.append)
+    assert any(m.startswith("resuming from") for m in same)
+    assert any("belongs to a different run" in m for m in edited) and not any(m.startswith("resuming") for m in edited)
+
+
+def test_fixed_steps_and_epochs_are_one_loop(tiny_encoder_dir, splits):
+    """Validation's retraining (a fixed number of steps) runs the loop of base training and the grid: as many steps
+    as one epoch has batches give the weights of a one-epoch run, bit for bit."""
+    train, val, _ = splits
+    cfg = TrainConfig(lr=3e-3, epochs=1, batch_size=16, seed=1)
+    a, tok = new_regressor(tiny_encoder_dir, RegressorSpec(head_dropout=0.1), seed=1)
+    train_regressor(a, tok, train, val, cfg, progress=False, log=lambda _: None)
+    data, _ = training.encode_splits(tok, train, val, cfg, log=lambda _: None)
+    b, _ = new_regressor(tiny_encoder_dir, RegressorSpec(head_dropout=0.1), seed=1)
+    steps = len(training.epoch_batches(data, cfg.batch_size, cfg.seed, 1))
+    result = training.fit(b, data, cfg, steps=steps, progress=False, log=lambda _: None)
+    assert len(result.history) == 1
+    for name, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[name]), name
+    c, _ = new_regressor(tiny_encoder_dir, RegressorSpec(head_dropout=0.1), seed=1)
+    training.fit(c, data, cfg, steps=steps + 1, progress=False, log=lambda _: None)  # into a second pass
+    assert any(not torch.equal(p, c.state_dict()[n]) for n, p in a.state_dict().items())

@@ -399,7 +399,7 @@ def test_stage_is_planned_only_when_enabled(tmp_path):
     on = _planned(config, tmp_path / "on")
     assert {rule: n for rule, n in on.items() if rule.startswith("validate")} == {
         "validate_choose": 1, "validate_baseline": 2, "validate_full": 3, "validate_convex": 1, "validate_influence": 1,
-        "validate_estimators": 1,
+        "validate_estimators": 1, "validate_estimator_table": 1,
     }
 
 
@@ -452,13 +452,14 @@ def test_validation_reruns_only_what_a_change_touches(demo, tmp_path):
         path.write_text(yaml.safe_dump(cfg))
         return path
 
-    assert demo.planned(config=variant(bootstrap=500)) == {"validate_influence": 1, "all": 1}
+    assert demo.planned(config=variant(bootstrap=500)) == {"validate_influence": 1, "validate_estimator_table": 1, "all": 1}
     section = yaml.safe_load(demo.config.read_text())["validation"]
     seeds, chunks = section["seeds"], math.ceil(section["m"] / section["chunk_size"])
     assert demo.planned(config=variant(seeds=[*seeds, 99])) == {
-        "validate_baseline": 1, "validate_full": chunks, "validate_convex": 1, "validate_influence": 1, "all": 1,
+        "validate_baseline": 1, "validate_full": chunks, "validate_convex": 1, "validate_influence": 1,
+        "validate_estimator_table": 1, "all": 1,
     }
-    module = demo.checkout / "molinfluence" / "validation.py"
+    module = demo.checkout / "molinfluence" / "validation" / "retrain.py"
     original = module.read_bytes()
     try:
         module.write_bytes(original + b"\n# an edit\n")
@@ -466,5 +467,6 @@ def test_validation_reruns_only_what_a_change_touches(demo, tmp_path):
     finally:
         module.write_bytes(original)
     assert plan == {"validate_choose": 1, "validate_baseline": len(seeds), "validate_full": chunks,
-                    "validate_convex": 1, "validate_estimators": 1, "validate_influence": 1, "all": 1}
+                    "validate_convex": 1, "validate_estimators": 1, "validate_influence": 1, "validate_estimator_table": 1,
+                    "all": 1}
     assert demo.planned() == {}

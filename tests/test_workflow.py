@@ -120,7 +120,7 @@ def test_adding_a_k_plans_only_its_jobs_and_the_table(demo, tmp_path):
 
 # The demo enables the influence-validation stage: it depends on the scores (and the base model), so it reruns too.
 VALIDATION = {"validate_choose": 1, "validate_convex": 1, "validate_full": 2, "validate_estimators": 1,
-              "validate_influence": 1}
+              "validate_influence": 1, "validate_estimator_table": 1}
 INFLUENCE_DOWNSTREAM = {
     "influence_ihvp": 1, "influence_scores": 1, "select_scored": 2, "finetune": SCORED_GRID,
     "metrics_table": 1, "figures": 1, "all": 1, **VALIDATION,

@@ -19,136 +19,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad
 
-
-def _check_rows(n: int, labels: torch.Tensor, weights: torch.Tensor | None, where: str) -> None:
-    if n == 0:
-        raise ValueError(f"{where} is empty")
-    if not isinstance(labels, torch.Tensor) or labels.shape != (n,):
-        raise ValueError(f"{where}: labels must be a tensor of shape ({n},), got {getattr(labels, 'shape', None)}")
-    bad = (~torch.isfinite(labels.double())).nonzero()
-    if len(bad):
-        raise ValueError(f"{where}: label of row {int(bad[0])} is not finite ({float(labels[bad[0]])})")
-    if weights is not None:
-        if not isinstance(weights, torch.Tensor) or weights.shape != (n,):
-            raise ValueError(f"{where}: weights must be a tensor of shape ({n},)")
-        bad = (~(torch.isfinite(weights.double()) & (weights >= 0))).nonzero()
-        if len(bad):
-            raise ValueError(f"{where}: weight of row {int(bad[0])} must be finite and >= 0, got {float(weights[bad[0]])}")
-
-
-class _Rows:
-    """What both batch kinds share: length, chunks, and the rows' labels and weights."""
-
-    labels: torch.Tensor
-    weights: torch.Tensor | None
-    name: str
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def subset(self, index: torch.Tensor | Sequence[int]) -> _Rows:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def chunks(self, size: int) -> Iterator[_Rows]:
-        """Consecutive chunks of at most ``size`` rows, in order."""
-        for start in range(0, len(self), size):
-            yield self.subset(torch.arange(start, min(start + size, len(self))))
-
-    def _pick(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.labels.index_select(0, idx), None if self.weights is None else self.weights.index_select(0, idx)
-
-
-@dataclass
-class Batch(_Rows):
-    """A split as tensors: token ids and mask (N × T), labels (N,), optional per-sample weights (N,) ≥ 0.
-
-    ``name`` (e.g. ``"train"``) is used in error messages. Tensors stay on the CPU; chunks are moved to the model's
-    device when used.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-    weights: torch.Tensor | None = None
-    name: str = "batch"
-
-    def __post_init__(self) -> None:
-        ids, mask = self.input_ids, self.attention_mask
-        where = f"{self.name} split"
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
-            raise ValueError(f"{where}: input_ids must be an integer tensor of shape (N, T)")
-        if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape:
-            raise ValueError(f"{where}: attention_mask must have the shape of input_ids {tuple(ids.shape)}")
-        _check_rows(ids.shape[0], self.labels, self.weights, where)
-
-    @property
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        return (self.input_ids, self.attention_mask)
-
-    def lengths(self) -> torch.Tensor:
-        """Tokens per row (scoring batches rows of similar length together)."""
-        return self.attention_mask.ne(0).sum(dim=1)
-
-    def subset(self, index: torch.Tensor | Sequence[int]) -> Batch:
-        """Rows ``index`` (in that order), trailing all-padding columns dropped."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        mask = self.attention_mask.index_select(0, idx)
-        used = mask.ne(0).any(dim=0).nonzero()
-        width = int(used[-1]) + 1 if len(used) else mask.shape[1]
-        labels, weights = self._pick(idx)
-        return Batch(self.input_ids.index_select(0, idx)[:, :width], mask[:, :width], labels, weights, self.name)
-
-    @classmethod
-    def encode(cls, tokenizer: Any, table: Any, max_length: int, truncation: bool = True, name: str = "input") -> Batch:
-        """A labelled table (``smiles``, ``label``; a DataFrame or a CSV path) encoded as the model was trained: the
-        one tokenisation of a split (:func:`molinfluence.regressor.encode_split`, which truncates or refuses over-long
-        molecules naming the file and rows)."""
-        import pandas as pd
-
-        from ..regressor import encode_frame  # the engine itself knows no MoLFormer; only this constructor does
-
-        if not isinstance(table, pd.DataFrame):
-            path, table = str(table), pd.read_csv(table)
-            table.attrs["source"] = path
-        return cls(*encode_frame(tokenizer, table, max_length, truncation, name), name=name)
-
-
-@dataclass
-class FeatureBatch(_Rows):
-    """Rows of a fixed feature matrix (N × D) with labels: the input of a model ``model(features) -> (B,)``, e.g. a
-    regression head on frozen encoder features (the validation stage's convex reference)."""
-
-    features: torch.Tensor
-    labels: torch.Tensor
-    weights: torch.Tensor | None = None
-    name: str = "batch"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.features, torch.Tensor) or self.features.dim() != 2:
-            raise ValueError(f"{self.name} split: features must be a tensor of shape (N, D)")
-        _check_rows(self.features.shape[0], self.labels, self.weights, f"{self.name} split")
-
-    @property
-    def inputs(self) -> tuple[torch.Tensor, ...]:
-        return (self.features,)
-
-    def lengths(self) -> torch.Tensor:
-        return torch.zeros(len(self), dtype=torch.long)
-
-    def subset(self, index: torch.Tensor | Sequence[int]) -> FeatureBatch:
-        idx = torch.as_tensor(index, dtype=torch.long)
-        labels, weights = self._pick(idx)
-        return FeatureBatch(self.features.index_select(0, idx), labels, weights, self.name)
-
-
-Rows = Batch | FeatureBatch
+# The split containers live below the engine (molinfluence.batch) so that training and evaluation pass the same ones.
+from ..batch import Batch, FeatureBatch, Rows  # noqa: E402  (re-exported: molinfluence.influence.Batch)
 
 
 @contextlib.contextmanager

@@ -49,6 +49,22 @@ def code(script_name):
     return code_hash(script(script_name), root=ROOT)[:16]
 
 
+def job(script_name):
+    """The params of every job that runs a script (spread in with **): the interpreter (py), the script and its code
+    hash (code); the command then starts with {params.py:q} {params.script:q}."""
+    return {"py": PY, "script": script(script_name), "code": code(script_name)}
+
+
+def stage_log(stage, name):
+    """The log file of a job, results/logs/<stage>/<name>.log (name may hold wildcards)."""
+    return f"{R}/logs/{stage}/{name}.log"
+
+
+def stage_benchmark(stage, name):
+    """The benchmark file of a job, results/benchmarks/<stage>/<name>.tsv (name may hold wildcards)."""
+    return f"{R}/benchmarks/{stage}/{name}.tsv"
+
+
 def jarg(obj):
     """A config section as a canonical JSON argument (sorted keys: the same config always gives the same param)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -96,7 +112,9 @@ def validation_files():
     """The influence validation stage's summary outputs, in rule all only with validation.enabled (it retrains)."""
     if not config["validation"]["enabled"]:
         return []
-    return [f"{R}/validation/{name}" for name in ("influence_validation.json", "influence_validation.png", "influence_validation_convex.png")]
+    names = ("influence_validation.json", "influence_validation.png", "influence_validation_convex.png", "estimators.csv",
+             "estimators.png")
+    return [f"{R}/validation/{name}" for name in names]
 
 
 # Input functions and helpers of the stage files (kept here: Snakemake's linter wants rules and functions apart).
@@ -141,6 +159,24 @@ def histogram_selections():
     """The score-ranked selections at the largest k, marked on the influence histogram."""
     pattern = selection_pattern(R, per_seed=False)
     return [pattern.format(strategy=s, k=max(SEL["k"])) for s in RANKED if s in SEL["strategies"]]
+
+
+def validation_inputs(chosen=True):
+    """The inputs of a validation job that starts from the base model (spread in with **): the model, the training
+    split, the target split and (with chosen) the chosen samples."""
+    inputs = {"model": rules.train_base.output.model, "train": rules.prepare_data.output.train,
+              "target": f"{R}/data/{TARGET_SPLIT}.csv"}
+    if chosen:
+        inputs["chosen"] = rules.validate_choose.output[0]
+    return inputs
+
+
+def base_args(wildcards, input):
+    """The arguments of a script that starts from the base model (molinfluence.cli.add_base_inputs), quoted: model,
+    training and target splits, target name, device and truncation; the command adds --threads {threads}."""
+    args = ["--model", input.model, "--train", input.train, "--target", input.target, "--target-name", TARGET_SPLIT,
+            "--device", config["train"]["device"]]
+    return shlex.join(args) + ("" if config["model"]["truncation"] else " --no-truncation")
 
 
 def figure_files():

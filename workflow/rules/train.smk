@@ -36,6 +36,6 @@ rule train_base:
     shell:
         "{params.py:q} {params.script:q} --args {params.args:q} --spec {params.spec:q} --init fresh"
         " --encoder {input.encoder:q} --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
-        " --resume-dir {params.resume:q} --threads {threads}"
+        " --resume-dir {params.resume:q} --code {params.code} --threads {threads}"
         " --out-model {output.model:q} --out-metrics {output.metrics:q} --out-predictions {output.predictions:q}"
         " --out-log {output.log:q} > {log:q} 2>&1"
