@@ -75,6 +75,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, check_fields, from_section, schema_default
 from .influence import Batch, FeatureBatch, InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
+from .influence.task import Rows
 from .training import DeviceSplit, split_mse
 
 __all__ = [
@@ -401,7 +402,7 @@ class FrozenFeatureHead(nn.Module):
 
 
 @torch.no_grad()
-def head_inputs(model: nn.Module, data: Batch, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+def head_inputs(model: nn.Module, data: Rows, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """What ``model.head`` receives for every row of ``data`` in eval mode (pooled encoder output), float64, CPU.
 
     Captured with a forward pre-hook on the head, so it is whatever the model's pooling (CLS or mean) gives.
@@ -413,7 +414,7 @@ def head_inputs(model: nn.Module, data: Batch, batch_size: int = EVAL_BATCH_SIZE
     device = _device_of(model)
     try:
         for chunk in data.chunks(batch_size):
-            model(chunk.input_ids.to(device), chunk.attention_mask.to(device))
+            model(*(t.to(device) for t in chunk.inputs))
     finally:
         hook.remove()
         model.train(was_training)

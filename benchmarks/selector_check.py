@@ -1,0 +1,142 @@
+"""Quick check of the selectors (molinfluence.selectors) on planted pools: AUROC corrupted-vs-clean and the clean share
+of each selector's most recommended quarter. Not the test bed (benchmarks/selection.py judges helpfulness by real
+fine-tunes); this measures believability only, in a few minutes on one core.
+
+    python benchmarks/selector_check.py --task logp --lipophilicity /work/shared/data/lipophilicity.csv [--seed 0]
+    python benchmarks/selector_check.py --task freesolv [--seed 0]
+
+logp: 1,400 Lipophilicity molecules labelled by RDKit's Crippen logP (the model learns it: R² ≈ 0.7); freesolv: the
+shipped FreeSolv with the demo's weak model. The pool (``--pool`` molecules) has a seeded half corrupted by
+``--mode`` (swap: labels permuted among the corrupted half; offset: ± a shift of 2 label SDs; noise: + N(0, 2 SD)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+DEMO_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_random_features=16)
+
+
+def logp_frame(path: str, n: int, seed: int) -> pd.DataFrame:
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import Crippen
+
+    RDLogger.DisableLog("rdApp.*")
+    smiles = pd.read_csv(path)["SMILES"].sample(frac=1.0, random_state=seed).tolist()
+    rows = []
+    for s in smiles:
+        mol = Chem.MolFromSmiles(s)
+        if mol is not None and len(s) <= 120:
+            rows.append((s, float(Crippen.MolLogP(mol))))
+        if len(rows) == n:
+            break
+    return pd.DataFrame(rows, columns=["smiles", "label"])
+
+
+def freesolv_frame(seed: int) -> pd.DataFrame:
+    from molinfluence.data import resolve_source
+
+    df = pd.read_csv(resolve_source("pkg:molinfluence/datasets/freesolv.csv"))
+    return df.rename(columns={"expt": "label"})[["smiles", "label"]].sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def corrupt(pool: pd.DataFrame, mode: str, seed: int, sd: float) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed + 7)
+    bad = np.zeros(len(pool), dtype=bool)
+    bad[rng.permutation(len(pool))[: len(pool) // 2]] = True
+    labels = pool["label"].to_numpy(dtype=np.float64).copy()
+    idx = np.flatnonzero(bad)
+    if mode == "swap":
+        labels[idx] = labels[rng.permutation(idx)]
+    elif mode == "offset":
+        labels[idx] += rng.choice([-2.0, 2.0], len(idx)) * sd
+    else:
+        labels[idx] += rng.normal(0.0, 2.0 * sd, len(idx))
+    return pool.assign(label=labels), bad
+
+
+def auroc(score: np.ndarray, clean: np.ndarray) -> float:
+    """P(a clean row scores lower than a corrupted one) (ties count half)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(-score)  # high rank = low score
+    n1, n0 = clean.sum(), (~clean).sum()
+    return float((r[clean].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["logp", "freesolv"], default="logp")
+    p.add_argument("--lipophilicity", default="/work/shared/data/lipophilicity.csv")
+    p.add_argument("--n", type=int, default=1400)
+    p.add_argument("--pool", type=int, default=360)
+    p.add_argument("--mode", default="swap", choices=["swap", "offset", "noise"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-seed", type=int, default=0, help="seed of the encoder's weights and the training run")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--dump", help="write the per-row quantities (npz) for offline analysis")
+    p.add_argument("--selectors", default="most_negative,residual,knn_agreement,believable_helpful,clipped_influence,tracin,adaptive_greedy")
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from molinfluence.encoder import random_encoder
+    from molinfluence.influence import InfluenceArgs
+    from molinfluence.regressor import MolformerRegressor
+    from molinfluence.selectors import SELECTORS, PoolContext, ranking
+    from molinfluence.training import TrainConfig, evaluate, train_regressor
+
+    df = logp_frame(args.lipophilicity, args.n, args.seed) if args.task == "logp" else freesolv_frame(args.seed)
+    pool_n = args.pool if args.task == "logp" else len(df) // 4
+    pool, rest = df.iloc[:pool_n].reset_index(drop=True), df.iloc[pool_n:].reset_index(drop=True)
+    n_val = n_test = len(rest) // 8
+    val, test, train = rest.iloc[:n_val], rest.iloc[n_val: n_val + n_test], rest.iloc[n_val + n_test:]
+    pool, bad = corrupt(pool, args.mode, args.seed, float(train["label"].std()))
+    clean = ~bad
+
+    encoder, tokenizer, _ = random_encoder(df["smiles"], seed=args.model_seed, max_length=202, **DEMO_SIZES)
+    model = MolformerRegressor(encoder)
+    cfg = TrainConfig(lr=1e-3, epochs=args.epochs, batch_size=32, patience=args.patience, seed=args.model_seed,
+                      device="cpu")
+    t0 = time.perf_counter()
+    train_regressor(model, tokenizer, train, val, cfg, log=lambda _m: None, progress=False)
+    r2 = evaluate(model, tokenizer, test, cfg, "cpu")[0]["r2"]
+    print(f"task {args.task} ({args.mode}), seed {args.seed}: train {len(train)}, validation {len(val)}, pool {len(pool)} "
+          f"({bad.sum()} corrupted, mean |shift| {np.abs(pool['label'] - df.iloc[:pool_n]['label'].to_numpy()).mean():.2f}); "
+          f"base test R² {r2:.3f} ({time.perf_counter() - t0:.0f} s)")
+    ctx = PoolContext(model, tokenizer, train, val, pool, InfluenceArgs(method="cg", damping=0.01),
+                      finetune=TrainConfig(**{**cfg.to_dict(), "epochs": 3}), seed=args.seed)
+    quarter = len(pool) // 4
+    print(f"{'selector':20s} {'AUROC':>6s} {'clean@k/8':>9s} {'clean@k/4':>9s} {'seconds':>8s}")
+    for name in args.selectors.split(","):
+        t0 = time.perf_counter()
+        if name == "adaptive_greedy":
+            order = SELECTORS[name](ctx, quarter)
+            au = float("nan")
+        else:
+            table = ranking(ctx, name, len(pool))
+            order = SELECTORS[name](ctx, len(pool))
+            score = np.empty(len(pool))
+            score[order] = table["score"].to_numpy()
+            au = auroc(score, clean)
+        c8, c4 = clean[order[: quarter // 2]].mean(), clean[order[:quarter]].mean()
+        print(f"{name:20s} {au:6.3f} {c8:9.2f} {c4:9.2f} {time.perf_counter() - t0:8.1f}", flush=True)
+    if args.dump:
+        from molinfluence.selectors import knn_score
+
+        np.savez(args.dump, clean=clean, influence=ctx.influence_scores(), r_pool=ctx.residuals("pool"),
+                 r_val=ctx.residuals("target"), knn=knn_score(ctx))
+
+
+if __name__ == "__main__":
+    main()
