@@ -148,6 +148,8 @@ rule recommend:
         ENV
     log:
         f"{R}/logs/selection/recommend.log",
+    benchmark:
+        f"{R}/benchmarks/selection/recommend.tsv"
     shell:
         "{params.py:q} {params.script:q} --strategy {params.strategy} --k {params.k} --pool {input.pool:q}"
         " --out {output:q} > {log:q} 2>&1"
