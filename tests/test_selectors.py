@@ -168,3 +168,64 @@ def test_believable_helpful_ranks_believable_rows_by_influence(planted):
 def test_robust_z_is_relative_to_the_reference():
     ref = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     np.testing.assert_allclose(robust_z([3.0, 3.0 + 1.4826], ref), [0.0, 1.0])
+
+
+def _script(name: str, argv: list[str], monkeypatch) -> None:
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def test_rank_pool_and_recommend_scripts_write_the_rankings_and_the_recommended_molecules(
+        tiny_encoder_dir, molecules, tmp_path, monkeypatch):
+    """The pipeline's two scripts on a tiny MoLFormer: every pool row ranked once (adaptive_greedy: its first k), and
+    recommended.csv holds each k's prefix of the default's ranking."""
+    import json
+
+    from molinfluence.files import write_csv
+    from molinfluence.influence import Batch, compute_ihvp, save_ihvp
+    from molinfluence.regressor import RegressorSpec, new_regressor, save_regressor
+
+    model, tokenizer = new_regressor(tiny_encoder_dir, RegressorSpec(max_length=64), seed=0)
+    frames = {"train": molecules.iloc[:40], "validation": molecules.iloc[40:52], "external": molecules.iloc[52:64]}
+    paths = {}
+    for name, frame in frames.items():
+        frame = frame.reset_index(drop=True)
+        if name == "external":
+            frame = frame.assign(ext_index=range(100, 100 + len(frame)))
+        paths[name] = tmp_path / f"{name}.csv"
+        write_csv(paths[name], frame)
+    save_regressor(model, tokenizer, tmp_path / "base")
+    influence = {"method": "cg", "cg_iters": 3, "spectrum_iters": 5}
+    ihvp = compute_ihvp(model, Batch.encode(tokenizer, paths["train"], 64), Batch.encode(tokenizer, paths["validation"], 64),
+                        influence, progress=False)
+    save_ihvp(ihvp, tmp_path / "ihvp.pt")
+    common = ["--model", str(tmp_path / "base"), "--train", str(paths["train"]), "--target", str(paths["validation"]),
+              "--external", str(paths["external"]), "--device", "cpu", "--k", "4"]
+    extra = {
+        "knn_agreement": [],
+        "believable_helpful": ["--ihvp", str(tmp_path / "ihvp.pt"), "--influence", json.dumps(influence)],
+        "adaptive_greedy": ["--ihvp", str(tmp_path / "ihvp.pt"), "--influence", json.dumps(influence),
+                            "--options", json.dumps({"rounds": 2})],
+        "tracin": ["--influence", json.dumps(influence), "--options", json.dumps({"tracin_epochs": 2}),
+                   "--finetune", json.dumps({"lr": 1e-3, "epochs": 1, "batch_size": 16, "device": "cpu"})],
+    }
+    for selector, args in extra.items():
+        out = tmp_path / f"{selector}.csv"
+        _script("rank_pool", ["--selector", selector, *common, *args, "--out", str(out)], monkeypatch)
+        table = pd.read_csv(out)
+        assert list(table.columns) == ["ext_index", "smiles", "label", "rank", "score", "prediction"]
+        assert len(table) == (4 if selector == "adaptive_greedy" else 12) and table["rank"].tolist() == list(
+            range(1, len(table) + 1))
+        assert set(table["ext_index"]) <= set(range(100, 112)) and table["ext_index"].is_unique
+    _script("recommend", ["--strategy", "knn_agreement", "--k", "3", "5", "--pool", str(tmp_path / "knn_agreement.csv"),
+                          "--out", str(tmp_path / "recommended.csv")], monkeypatch)
+    rec = pd.read_csv(tmp_path / "recommended.csv")
+    ranking_ = pd.read_csv(tmp_path / "knn_agreement.csv")
+    assert rec["k"].tolist() == [3] * 3 + [5] * 5 and rec["rank"].tolist() == [1, 2, 3, 1, 2, 3, 4, 5]
+    for k in (3, 5):
+        assert rec.loc[rec.k == k, "ext_index"].tolist() == ranking_["ext_index"].head(k).tolist()
