@@ -182,7 +182,8 @@ def main() -> None:
         np.savez(args.dump, clean=clean, influence=ctx.influence_scores(), r_pool=ctx.residuals("pool"),
                  r_val=ctx.residuals("target"), knn=knn_score(ctx), y_pool=pool["label"].to_numpy(),
                  y_train=train["label"].to_numpy(), f_pool=ctx.features("pool"), f_train=ctx.features("train"),
-                 f_val=ctx.features("target"), y_val=val["label"].to_numpy())
+                 f_val=ctx.features("target"), y_val=val["label"].to_numpy(), p_train=ctx.predictions("train"),
+                 p_val=ctx.predictions("target"))
 
 
 if __name__ == "__main__":
