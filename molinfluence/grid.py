@@ -20,12 +20,22 @@ from typing import Any, Iterable, Mapping
 
 INITS: tuple[str, ...] = ("continue", "fresh")
 #: Selection strategies a config may list (``selection.strategies``), in the order the grid is built.
-STRATEGIES: tuple[str, ...] = ("most_negative", "most_positive", "both_ends", "random", "all", "weighted")
+STRATEGIES: tuple[str, ...] = ("most_negative", "most_positive", "both_ends", "random", "all", "weighted", "residual",
+                               "knn_agreement", "consensus", "believable_helpful", "clipped_influence", "adaptive_greedy",
+                               "tracin")
+#: Strategies ranked by a selector of :mod:`molinfluence.selectors` with the base model (rule rank_pool writes the
+#: ranking ``selection/ranking/{strategy}.csv``; the selection takes its first k rows).
+MODEL_RANKED: tuple[str, ...] = ("residual", "knn_agreement", "consensus", "believable_helpful", "clipped_influence",
+                                 "adaptive_greedy", "tracin")
+#: Model-ranked selectors that read the base model's IHVP (the others need only the model and the splits).
+NEEDS_IHVP: tuple[str, ...] = ("believable_helpful", "clipped_influence", "adaptive_greedy")
+#: Strategies ``selection.default`` may name: the recommended molecules (``selection/recommended.csv``).
+RECOMMENDABLE: tuple[str, ...] = ("most_negative", *MODEL_RANKED)
 #: Strategies that pick the top of the score ranking (hard selections; marked on the score histogram).
 RANKED: tuple[str, ...] = ("most_negative", "most_positive", "both_ends")
 #: Strategies that read the influence scores (everything else reads only the external split).
 SCORED: tuple[str, ...] = (*RANKED, "weighted")
-SCORE_FREE: frozenset[str] = frozenset(STRATEGIES) - frozenset(SCORED)
+SCORE_FREE: frozenset[str] = frozenset(STRATEGIES) - frozenset(SCORED) - frozenset(MODEL_RANKED)
 #: Strategies that take the whole pool: their k is not a config value (``kall`` in paths).
 WHOLE_POOL: tuple[str, ...] = ("all", "weighted")
 #: Strategies with one selection per fine-tuning seed (the random control's spread includes the luck of the draw).
@@ -35,11 +45,15 @@ NO_DATA = "none"
 #: Every strategy a grid condition can have.
 CONDITION_STRATEGIES: tuple[str, ...] = (NO_DATA, *STRATEGIES)
 #: Selections that read only the external split and are the same for every seed (select_control).
-CONTROLS: tuple[str, ...] = tuple(s for s in CONDITION_STRATEGIES if s not in SCORED and s not in PER_SEED)
+CONTROLS: tuple[str, ...] = tuple(
+    s for s in CONDITION_STRATEGIES if s not in SCORED and s not in PER_SEED and s not in MODEL_RANKED
+)
 
 _RUN = "finetune/{init}/{strategy}/k{k}"
 _SELECTION = "selection/{strategy}_k{k}.csv"
 _SEED_SELECTION = "selection/{strategy}_k{k}_seed{seed}.csv"
+_RANKING = "selection/ranking/{strategy}.csv"
+RECOMMENDED = "selection/recommended.csv"
 _PARSE = re.compile(r"(?:^|/)finetune/(?P<init>[^/]+)/(?P<strategy>[^/]+)/k(?P<k>\d+|all)(?:/seed(?P<seed>\d+))?(?:/|$)")
 
 
@@ -60,6 +74,11 @@ def run_pattern(results: str, seed: int | str | None = None) -> str:
 def selection_pattern(results: str, *, per_seed: bool) -> str:
     """Where a selection is written, ``{strategy}``, ``{k}`` (and ``{seed}``) left as wildcards."""
     return f"{results}/{_SEED_SELECTION if per_seed else _SELECTION}"
+
+
+def ranking_pattern(results: str) -> str:
+    """Where a model-ranked selector's ranking of the pool is written, ``{strategy}`` left as a wildcard."""
+    return f"{results}/{_RANKING}"
 
 
 def _match(path: str | Any) -> tuple[str, re.Match[str]]:

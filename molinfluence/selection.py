@@ -21,6 +21,9 @@ Strategies (``select(pool, strategy, k, seed=...)``), each returning a frame wit
 - ``weighted``: the whole pool, each sample with a per-sample loss weight derived from its score (see
   below); like ``all``, ``k`` must equal the pool size (or 0). Rows are ordered most negative score
   first (so weights are non-increasing).
+- the model-ranked selectors (:data:`molinfluence.grid.MODEL_RANKED`: ``residual``, ``consensus``, ``adaptive_greedy``,
+  ``tracin``, ...; see :mod:`molinfluence.selectors`): the pool is their ranking table (a ``rank`` column, 1 = most
+  recommended) and the selection is its ``k`` first rows; ``score`` is the selector's own score.
 - ``k = 0`` gives the empty selection for every strategy: the "no extra training data" control.
 
 Hard selections have ``weight = 1.0``; the trainer multiplies each sample's loss by ``weight``.
@@ -56,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .grid import NO_DATA, SCORE_FREE, STRATEGIES
+from .grid import MODEL_RANKED, NO_DATA, SCORE_FREE, STRATEGIES
 
 __all__ = ["STRATEGIES", "SCORE_FREE", "WEIGHT_CAP", "OUTPUT_COLUMNS", "influence_weights", "select", "select_condition",
            "TrainingRows", "training_rows"]
@@ -193,6 +196,14 @@ def select(pool: pd.DataFrame, strategy: str, k: int, *, seed: int = 0) -> pd.Da
         return _empty()
 
     ext = pool["ext_index"].to_numpy()
+    if strategy in MODEL_RANKED:
+        if "rank" not in pool.columns:
+            raise ValueError(f"strategy {strategy!r} needs the pool ranked by its selector (a 'rank' column); has "
+                             f"{list(pool.columns)}")
+        rank = pd.to_numeric(pool["rank"], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(rank)):
+            raise ValueError(f"strategy {strategy!r}: the ranking's 'rank' column has missing values")
+        return _rows(pool, np.lexsort((ext, rank))[:k])
     if strategy == "random":
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {seed!r}")

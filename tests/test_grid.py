@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_path_and_parse_round_trip_for_every_condition_of_a_grid() -> None:
     conditions = g.grid(["continue", "fresh"], g.STRATEGIES, [70, 50, 100])
-    # per init: the no-data control, 4 strategies at 3 k values, 2 whole-pool strategies
-    assert len(conditions) == 2 * (1 + 4 * 3 + 2)
+    # per init: the no-data control, 4 strategies and 7 model-ranked selectors at 3 k values, 2 whole-pool strategies
+    assert len(conditions) == 2 * (1 + (4 + 7) * 3 + 2)
     assert conditions[0] == Condition("continue", "none", 0)
     for condition in conditions:
         for run in condition.runs([0, 7]):
@@ -96,9 +96,14 @@ def test_strategy_lists_agree_with_the_schema_and_the_rules() -> None:
     assert {n for n in names if re.fullmatch(g.WILDCARDS["strategy"], n)} == set(g.CONDITION_STRATEGIES)
     assert {n for n in names if re.fullmatch(g.WILDCARDS["init"], n)} == set(g.INITS)
     # every selection a condition reads is made by exactly one selection rule
-    for name, rule_strategies in (("scored", g.SCORED), ("control", g.CONTROLS), ("random", g.PER_SEED)):
+    for name, rule_strategies in (("scored", g.SCORED), ("control", g.CONTROLS), ("random", g.PER_SEED),
+                                  ("ranked", g.MODEL_RANKED)):
         assert set(rule_strategies) <= set(g.CONDITION_STRATEGIES), name
-    assert sorted((*g.SCORED, *g.CONTROLS, *g.PER_SEED)) == sorted(g.CONDITION_STRATEGIES)
+    assert sorted((*g.SCORED, *g.CONTROLS, *g.PER_SEED, *g.MODEL_RANKED)) == sorted(g.CONDITION_STRATEGIES)
+    # every model-ranked strategy is a selector of molinfluence.selectors, and the default names one
+    from molinfluence.selectors import SELECTORS
+
+    assert set(g.MODEL_RANKED) | {"most_negative"} == set(SELECTORS) and set(g.RECOMMENDABLE) == set(SELECTORS)
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
         for name in ("most_negative", "both_ends", "weighted", '"continue|', "'continue|"):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from molinfluence.grid import MODEL_RANKED
 from molinfluence.selection import (
     OUTPUT_COLUMNS,
     SCORE_FREE,
@@ -35,6 +36,7 @@ def make_pool(n: int = 20, seed: int = 0, with_score: bool = True) -> pd.DataFra
     )
     if with_score:
         pool["score"] = rng.normal(0.0, 1e-3, n)
+        pool["rank"] = rng.permutation(n) + 1  # what a model-ranked selector's ranking adds
     return pool
 
 
@@ -197,8 +199,17 @@ def test_other_bad_input_is_reported_clearly() -> None:
 
 
 def test_strategy_registry() -> None:
-    assert set(STRATEGIES) == {"most_negative", "most_positive", "both_ends", "random", "all", "weighted"}
+    assert set(STRATEGIES) == {"most_negative", "most_positive", "both_ends", "random", "all", "weighted", *MODEL_RANKED}
     assert SCORE_FREE == {"random", "all"} and SCORE_FREE <= set(STRATEGIES)
+
+
+def test_a_model_ranked_selection_is_the_first_k_rows_of_its_ranking() -> None:
+    pool = make_pool(10)
+    out = select(pool, "consensus", 4)
+    expected = pool.sort_values("rank")["ext_index"].head(4).tolist()
+    assert out["ext_index"].tolist() == expected and (out["weight"] == 1.0).all()
+    with pytest.raises(ValueError, match="rank"):
+        select(pool.drop(columns="rank"), "consensus", 4)
 
 
 @pytest.mark.skipif(not EXTERNAL.exists(), reason=f"shared external data set not found at {EXTERNAL}")

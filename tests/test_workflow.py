@@ -115,7 +115,8 @@ def _config_variant(demo, tmp_path, **changes):
 
 def test_adding_a_k_plans_only_its_jobs_and_the_table(demo, tmp_path):
     plan = demo.planned(config=_config_variant(demo, tmp_path, **{"selection.k": [20, 30, 40]}))
-    assert plan == {"select_scored": 1, "select_random": 2, "finetune": 2 * 2, "metrics_table": 1, "figures": 1, "all": 1}
+    assert plan == {"select_scored": 1, "select_random": 2, "finetune": 2 * 2, "metrics_table": 1, "figures": 1, "all": 1,
+                    "recommend": 1}  # the recommended molecules gain k = 30 (the ranking, up to the largest k, stays)
 
 
 # The demo enables the influence-validation stage: it depends on the scores (and the base model), so it reruns too.
@@ -182,7 +183,8 @@ def _edited(demo, module):
 def test_editing_the_influence_module_reruns_the_same_jobs_as_a_damping_change(demo):
     with _edited(demo, "influence/solvers.py"):
         # plus the validation baselines: they import influence (not the damping), so a code edit reruns them too
-        assert demo.planned() == {**INFLUENCE_DOWNSTREAM, "validate_baseline": 2}
+        # and the default selector's ranking (its script imports the influence engine) with the recommended file
+        assert demo.planned() == {**INFLUENCE_DOWNSTREAM, "validate_baseline": 2, "rank_pool": 1, "recommend": 1}
     assert demo.planned() == {}
 
 
@@ -191,7 +193,7 @@ def test_editing_the_training_module_reruns_training_and_everything_after(demo):
         plan = demo.planned()
     assert plan == {"train_base": 1, "influence_ihvp": 1, "influence_scores": 1, "select_scored": 2,
                     "finetune": GRID, "metrics_table": 1, "figures": 1, "all": 1, **VALIDATION,
-                    "validate_baseline": 2}
+                    "validate_baseline": 2, "rank_pool": 1, "recommend": 1}
     assert "prepare_data" not in plan and "pretrained_encoder" not in plan
 
 

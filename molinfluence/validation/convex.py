@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..batch import Batch, FeatureBatch
+from ..batch import Batch, FeatureBatch, Rows
 from ..influence import InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
 from .retrain import EVAL_BATCH_SIZE, _device_of
 
@@ -45,7 +45,7 @@ class FrozenFeatureHead(nn.Module):
 
 
 @torch.no_grad()
-def head_inputs(model: nn.Module, data: Batch, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+def head_inputs(model: nn.Module, data: Rows, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """What ``model.head`` receives for every row of ``data`` in eval mode (pooled encoder output), float64, CPU.
 
     Captured with a forward pre-hook on the head, so it is whatever the model's pooling (CLS or mean) gives.
@@ -57,7 +57,7 @@ def head_inputs(model: nn.Module, data: Batch, batch_size: int = EVAL_BATCH_SIZE
     device = _device_of(model)
     try:
         for chunk in data.chunks(batch_size):
-            model(chunk.input_ids.to(device), chunk.attention_mask.to(device))
+            model(*(t.to(device) for t in chunk.inputs))
     finally:
         hook.remove()
         model.train(was_training)

@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 from molinfluence.config import ConfigError, validate_config
 from molinfluence.files import code_hash
 from molinfluence.grid import CONTROLS, PER_SEED, RANKED, SCORED, WILDCARDS, Condition, choice, run_pattern, selection_pattern
+from molinfluence.grid import MODEL_RANKED, NEEDS_IHVP, RECOMMENDED, ranking_pattern
 from molinfluence.grid import grid as grid_of
 
 try:
@@ -103,6 +104,7 @@ def all_targets():
         f"{R}/metrics.csv",
         f"{R}/metrics.md",
         f"{R}/metrics_per_run.csv",
+        f"{R}/{RECOMMENDED}",
         *figure_files(),
         *validation_files(),
     ]
@@ -153,6 +155,30 @@ def finetune_selections(w):
 
 def finetune_start(w):
     return rules.train_base.output.model if w.init == "continue" else rules.pretrained_encoder.output[0]
+
+
+def ranking_inputs(w):
+    """The base model's IHVP, for the model-ranked selectors that score by influence."""
+    return {"ihvp": f"{R}/influence/hessian_inverse_fast.pt"} if w.strategy in NEEDS_IHVP else {}
+
+
+def ranking_args(w):
+    """A selector's arguments: only the config sections it reads (so an unrelated setting never reruns it)."""
+    args = ["--options", shlex.quote(jarg(SEL["selectors"])), "--seed", str(SEL["seed"])]
+    if w.strategy in NEEDS_IHVP:
+        args += ["--ihvp", shlex.quote(f"{R}/influence/hessian_inverse_fast.pt")]
+    if w.strategy in NEEDS_IHVP or w.strategy == "tracin":
+        args += ["--influence", shlex.quote(jarg({k: v for k, v in INF.items() if k != "target"}))]
+    if w.strategy == "tracin":
+        args += ["--finetune", shlex.quote(train_args(SEL["selectors"]["tracin_epochs"], SEL["seed"]))]
+    return " ".join(args)
+
+
+def recommended_pool():
+    """What selection.default ranks: its ranking (model-ranked selectors) or the influence scores."""
+    if SEL["default"] in MODEL_RANKED:
+        return ranking_pattern(R).format(strategy=SEL["default"])
+    return f"{R}/influence/scores.csv"
 
 
 def histogram_selections():
