@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
-GPU_RULES = {"train_base", "influence_ihvp", "influence_scores", "finetune"}
+GPU_RULES = {"train_base", "influence_ihvp", "influence_scores", "rank_pool", "finetune"}
 # prepare_data and pretrained_encoder (they may need the network) and the cheap rules are localrules: only the GPU
 # rules are submitted.
 SNAKEMAKE_TIMEOUT_S = 420

@@ -11,6 +11,8 @@ localrules:
     select_scored,
     select_control,
     select_random,
+    select_ranked,
+    recommend,
     metrics_table,
     figures,
 
