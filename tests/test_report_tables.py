@@ -90,3 +90,39 @@ def test_command_line_prints_the_tables(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "molinfluence.report_tables", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "no such results folder" in bad.stderr
+
+
+def test_reads_the_estimator_table_the_pipeline_writes(tmp_path: Path) -> None:
+    """The hand-made estimators.csv above could drift from what validate_estimator_table writes: here the table is made
+    by the pipeline's own estimator_table (synthetic scores and retraining runs, no model) and written as its script
+    writes it; the printer finds every column it needs and prints the computed agreement, and a refused estimator's
+    reason."""
+    from molinfluence.files import write_csv
+    from molinfluence.validation import estimator_table
+
+    ext = [3, 7, 11, 19, 23, 31]
+    effect = {e: 0.01 * (i - 2.5) for i, e in enumerate(ext)}  # the measured Δ the runs below produce
+    n_train = 100
+    chosen = pd.DataFrame({"ext_index": ext, "score": [n_train * effect[e] for e in ext]})  # predicts Δ exactly
+    runs = [{"ext_index": -1, "seed": s, "target_loss": 1.0 + s} for s in (0, 1)]
+    runs += [{"ext_index": e, "seed": s, "target_loss": 1.0 + s + effect[e] + 0.001 * s * (-1) ** i}
+             for i, e in enumerate(ext) for s in (0, 1)]
+    scores = pd.DataFrame({"estimator": "reversed", "ext_index": ext, "score": [-n_train * effect[e] for e in ext]})
+    stats = {"reversed": {"method": "lissa", "curvature": "gauss_newton", "params": "head", "n_params": 33,
+                          "relative_residual": 0.05, "hvp_full_equivalents": 200.0, "seconds": 3.0},
+             "hessian_all": {"method": "cg", "curvature": "hessian", "params": "all", "n_params": 900,
+                             "refused": "NegativeCurvature: raise influence.damping"}}
+    influence_stats = {"method": "cg", "curvature": "gauss_newton", "params": "all", "n_params": 900,
+                       "relative_residual": 0.0003, "hvp_full_equivalents": 23.0, "seconds": 11.0}
+    table = estimator_table(chosen, n_train, pd.DataFrame(runs), scores, stats, influence_stats, k=2, n_boot=200)
+    (tmp_path / "validation").mkdir()
+    write_csv(tmp_path / "validation" / "estimators.csv", table)
+
+    text = report(tmp_path, ["estimators"])
+    assert "top-2 overlap [CI]" in text
+    rows = {line.split(" — ")[0].strip("| `"): line for line in text.splitlines() if " — " in line}
+    assert set(rows) == {"pipeline", "reversed", "hessian_all"}
+    assert rows["pipeline"].startswith("| `pipeline` — cg, gauss_newton, all (900) | 1.000 ")
+    assert "| 1.00 [" in rows["pipeline"] and "| 0.0003 | 23 | 11 |" in rows["pipeline"]
+    assert rows["reversed"].startswith("| `reversed` — lissa, gauss_newton, head (33) | -1.000 ")
+    assert "refused: NegativeCurvature: raise influence.damping" in rows["hessian_all"]
