@@ -235,7 +235,7 @@ CONFIG_CHECKS = (_layers_exist,)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Documentation: the README's config-key table is checked against (and can be printed from) the schema.
+# Documentation: the config-key table of docs/config.md is checked against (and can be printed from) the schema.
 
 
 def schema_keys(schema: Mapping[str, Any] | None = None, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

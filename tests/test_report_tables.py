@@ -90,3 +90,71 @@ def test_command_line_prints_the_tables(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "molinfluence.report_tables", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "no such results folder" in bad.stderr
+
+
+EXT = [3, 7, 11, 19, 23, 31]
+EFFECT = {e: 0.01 * (i - 2.5) for i, e in enumerate(EXT)}  # the measured Δ the synthetic runs below produce
+N_TRAIN = 100
+
+
+def _synthetic_runs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chosen samples whose scores predict Δ exactly, and retraining runs (2 seeds, baselines included) that measure
+    it with a little seed noise: the inputs of the validation summaries, no model."""
+    chosen = pd.DataFrame({"ext_index": EXT, "smiles": "C", "label": 0.0, "rank": range(len(EXT)), "quantile": 0.0,
+                           "score": [N_TRAIN * EFFECT[e] for e in EXT]})
+    runs = [{"ext_index": -1, "seed": s, "target_loss": 1.0 + s} for s in (0, 1)]
+    runs += [{"ext_index": e, "seed": s, "target_loss": 1.0 + s + EFFECT[e] + 0.001 * s * (-1) ** i}
+             for i, e in enumerate(EXT) for s in (0, 1)]
+    return chosen, pd.DataFrame(runs)
+
+
+INFLUENCE_STATS = {"method": "cg", "curvature": "gauss_newton", "params": "all", "n_params": 900,
+                   "relative_residual": 0.0003, "hvp_full_equivalents": 23.0, "seconds": 11.0}
+
+
+def test_reads_the_estimator_table_the_pipeline_writes(tmp_path: Path) -> None:
+    """The hand-made estimators.csv above could drift from what validate_estimator_table writes: here the table is made
+    by the pipeline's own estimator_table (synthetic scores and retraining runs, no model) and written as its script
+    writes it; the printer finds every column it needs and prints the computed agreement, and a refused estimator's
+    reason."""
+    from molinfluence.files import write_csv
+    from molinfluence.validation import estimator_table
+
+    chosen, runs = _synthetic_runs()
+    scores = pd.DataFrame({"estimator": "reversed", "ext_index": EXT, "score": [-N_TRAIN * EFFECT[e] for e in EXT]})
+    stats = {"reversed": {"method": "lissa", "curvature": "gauss_newton", "params": "head", "n_params": 33,
+                          "relative_residual": 0.05, "hvp_full_equivalents": 200.0, "seconds": 3.0},
+             "hessian_all": {"method": "cg", "curvature": "hessian", "params": "all", "n_params": 900,
+                             "refused": "NegativeCurvature: raise influence.damping"}}
+    table = estimator_table(chosen, N_TRAIN, runs, scores, stats, INFLUENCE_STATS, k=2, n_boot=200)
+    (tmp_path / "validation").mkdir()
+    write_csv(tmp_path / "validation" / "estimators.csv", table)
+
+    text = report(tmp_path, ["estimators"])
+    assert "top-2 overlap [CI]" in text
+    rows = {line.split(" — ")[0].strip("| `"): line for line in text.splitlines() if " — " in line}
+    assert set(rows) == {"pipeline", "reversed", "hessian_all"}
+    assert rows["pipeline"].startswith("| `pipeline` — cg, gauss_newton, all (900) | 1.000 ")
+    assert "| 1.00 [" in rows["pipeline"] and "| 0.0003 | 23 | 11 |" in rows["pipeline"]
+    assert rows["reversed"].startswith("| `reversed` — lissa, gauss_newton, head (33) | -1.000 ")
+    assert "refused: NegativeCurvature: raise influence.damping" in rows["hessian_all"]
+
+
+def test_reads_the_validation_summary_the_pipeline_writes(tmp_path: Path) -> None:
+    """Likewise for influence_validation.json: made by the pipeline's own build_report (synthetic runs, the convex
+    setting's scores reversed) and written as validate_summary.py writes it; the printer puts each setting's computed
+    agreement in its row."""
+    from molinfluence.files import write_json
+    from molinfluence.validation import Recipe, build_report
+
+    chosen, runs = _synthetic_runs()
+    convex_scores = chosen[["ext_index"]].assign(score=-chosen["score"])
+    summary, _ = build_report(chosen, N_TRAIN, runs, runs, convex_scores, {"method": "cg", "params": "head"},
+                              recipe=Recipe(steps=3, lr=1e-3, weight_decay=0.0, batch_size=None),
+                              influence_stats=INFLUENCE_STATS, n_boot=200)
+    (tmp_path / "validation").mkdir()
+    write_json(tmp_path / "validation" / "influence_validation.json", summary)
+
+    text = report(tmp_path, ["validation"])
+    assert f"m = {len(EXT)} samples, n_train = {N_TRAIN}, target `validation`" in text
+    assert "| full | 1.000 [" in text and "| convex | -1.000 [" in text

@@ -1,7 +1,7 @@
 """Influence functions for a trained regressor: curvature operators, spectrum, inverse-curvature-vector products
 (CG, LiSSA, exact, EK-FAC through kronfluence) and scores.
 
-Definitions (the README quotes this block):
+Definitions (docs/influence.md states them for users):
 
 - **Model.** Any ``nn.Module`` that maps a batch's inputs to predictions of shape ``(B,)`` (:mod:`.task`, the seam:
   the model supplies predictions and, optionally, named parameter groups; the loss is the regression loss). It is

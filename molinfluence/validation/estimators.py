@@ -15,7 +15,7 @@ from ..influence import InfluenceArgs, InfluenceDivergence, compute_ihvp, score_
 from .stats import summarize_setting, topk_overlap_with_ci
 
 DEFAULT_ESTIMATORS: list[dict[str, Any]] = schema_default("validation.estimators")
-"""``validation.estimators`` by default: what the README's comparison table shows."""
+"""``validation.estimators`` by default: what the comparison table of docs/validation.md shows."""
 
 def check_estimators(specs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The rules of ``validation.estimators`` the schema cannot say (it checks the list, the names and the keys):
