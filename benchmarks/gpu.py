@@ -468,7 +468,7 @@ def main() -> None:
              for k in ("train", "validation", "external")}
     obj = api["SubsetObjective"](trained, inf_args.params, inf_args.torch_dtype)
     vec = torch.randn(obj.numel, generator=torch.Generator().manual_seed(0)).to(obj.device, obj.dtype)
-    mini = batch["train"].subset(torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[: inf_args.batch_size])
+    mini = batch["train"].subset(torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[: inf_args.lissa.batch_size])
 
     def product(rows):
         return api["curvature_product"](obj, rows, vec, inf_args.curvature, inf_args.hvp_mode, inf_args.chunk_size)
@@ -476,13 +476,13 @@ def main() -> None:
     mini_s = seconds(lambda: product(mini), device, reps + 2)
     full_s = seconds(lambda: product(batch["train"]), device)
     what = f"{inf_args.curvature} product, params={inf_args.params}, chunks of {inf_args.chunk_size}"
-    row(f"curvature-vector product on a mini-batch of {inf_args.batch_size} ({what})", f"{mini_s * 1e3:.0f} ms")
+    row(f"curvature-vector product on a mini-batch of {inf_args.lissa.batch_size} ({what})", f"{mini_s * 1e3:.0f} ms")
     row(f"curvature-vector product over the whole training split ({n_train} molecules)", f"{full_s:.2f} s")
     n_full = 3024 if args.quick else n_train  # project to the real split size
     scale = n_full / n_train
     if args.no_ihvp:
         # Upper bound of the default (CG): Lanczos on the subsample, every CG iteration, the gradient.
-        ihvp_equiv = inf_args.spectrum_iters * min(inf_args.spectrum_samples, n_full) / n_full + inf_args.cg_iters + 1
+        ihvp_equiv = inf_args.spectrum.iters * min(inf_args.spectrum.samples, n_full) / n_full + inf_args.cg.iters + 1
         ihvp_s = ihvp_equiv * full_s * scale
         row("IHVP of config.yaml (upper bound, not run: --no-ihvp)",
             f"{ihvp_equiv:.1f} full-split product equivalents = {ihvp_s / 60:.1f} min")
@@ -499,8 +499,8 @@ def main() -> None:
         f"{ihvp_equiv:.1f} / {OLD_IHVP_EQUIVALENTS:.1f} full-split equivalents = {ihvp_equiv / OLD_IHVP_EQUIVALENTS:.2f}")
     ihvp = api["IHVPResult"](ihvp={n: torch.randn(s, generator=torch.Generator().manual_seed(1)).cpu()
                                    for n, s in zip(obj.names, obj.shapes)}, stats={}, args={})
-    score_s = seconds(lambda: api["score_samples"](trained, ihvp, batch["external"], inf_args.score_batch_size), device, reps)
-    row(f"scoring the external pool ({len(batch['external'])} molecules, batches of {inf_args.score_batch_size})", f"{score_s:.2f} s")
+    score_s = seconds(lambda: api["score_samples"](trained, ihvp, batch["external"], inf_args.scoring.batch_size), device, reps)
+    row(f"scoring the external pool ({len(batch['external'])} molecules, batches of {inf_args.scoring.batch_size})", f"{score_s:.2f} s")
     row("peak memory", peak_memory(device))
 
     # 6. Projection of config.yaml's DAG.

@@ -121,7 +121,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     n_train, n_val, n_ext, epochs = (96, 24, 48, 3) if args.quick else (300, 60, 150, 12)
-    defaults = InfluenceArgs()
+    defaults = InfluenceArgs.of()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
 
     (model, train, val, ext), seconds = timed(lambda: build(n_train, n_val, n_ext, epochs))
@@ -136,7 +136,7 @@ def main() -> None:
         return
 
     # 1. HVP modes ------------------------------------------------------------------------------------------------
-    mini = train.subset(torch.arange(defaults.batch_size))
+    mini = train.subset(torch.arange(defaults.lissa.batch_size))
     print(f"1. HVP on all {obj.numel:,} parameters")
     results = {}
     for mode in ("func", "double_backward"):
@@ -153,7 +153,7 @@ def main() -> None:
           f"default influence.hvp_mode = {defaults.hvp_mode} ({'the faster' if faster == defaults.hvp_mode else 'NOT the faster'})\n")
 
     # 2. LiSSA with the defaults on all parameters ----------------------------------------------------------------
-    run = InfluenceArgs(method="lissa", curvature="hessian", params="all", depth=200 if args.quick else defaults.depth)
+    run = InfluenceArgs.of(method="lissa", curvature="hessian", params="all", depth=200 if args.quick else defaults.lissa.depth)
     print(f"2. LiSSA, defaults (params all, damping {run.damping} relative, scale auto, batch {run.batch_size}, "
           f"repeats {run.repeats}, depth {run.depth}, tolerance {run.tolerance:g})")
     lissa_all, seconds = solve(model, train, val, run)
@@ -172,8 +172,8 @@ def main() -> None:
           f"λmax(H) = {float(spectrum[-1]):.4g}")
     damping = defaults.damping
     for label, batch_size, repeats in (("full batch, to tolerance", len(train), 1),
-                                       (f"mini-batch {defaults.batch_size}, defaults", defaults.batch_size, defaults.repeats)):
-        cfg = InfluenceArgs(method="lissa", curvature="hessian", params=SUBSET, batch_size=batch_size, repeats=repeats,
+                                       (f"mini-batch {defaults.lissa.batch_size}, defaults", defaults.lissa.batch_size, defaults.lissa.repeats)):
+        cfg = InfluenceArgs.of(method="lissa", curvature="hessian", params=SUBSET, batch_size=batch_size, repeats=repeats,
                             damping=damping)
         result, seconds = solve(model, train, val, cfg)
         st = result.stats
@@ -188,11 +188,11 @@ def main() -> None:
 
     # 4. Scoring ----------------------------------------------------------------------------------------------------
     score_samples(model, lissa_all, ext.subset(torch.arange(2)))  # warm-up
-    batched, t_batched = timed(lambda: score_samples(model, lissa_all, ext, batch_size=defaults.score_batch_size), 3)
+    batched, t_batched = timed(lambda: score_samples(model, lissa_all, ext, batch_size=defaults.scoring.batch_size), 3)
     loop, t_loop = timed(lambda: score_samples_loop(model, lissa_all, ext), 3)
     diff = float((batched - loop).abs().max() / loop.abs().max())
     print(f"4. scoring {len(ext)} external molecules against the all-parameter IHVP")
-    print(f"   batched JVP (batch {defaults.score_batch_size}) {t_batched:.3f} s, batch-1 backward loop {t_loop:.3f} s: "
+    print(f"   batched JVP (batch {defaults.scoring.batch_size}) {t_batched:.3f} s, batch-1 backward loop {t_loop:.3f} s: "
           f"{t_loop / t_batched:.1f}x faster (goal >= 5x); max relative difference {diff:.1e}")
     print(f"   scores: min {float(batched.min()):.4g}, max {float(batched.max()):.4g}, "
           f"{int((batched < 0).sum())} negative (expected helpful) of {len(batched)}")
@@ -216,10 +216,10 @@ def real_config_train_size() -> int:
 
 
 def defaults_section(model, train, val, ext, obj, vec, quick: bool) -> None:
-    defaults = InfluenceArgs()
+    defaults = InfluenceArgs.of()
     print(f"5. default estimator: {defaults.method} on {defaults.curvature}, all parameters "
-          f"(cg_iters {defaults.cg_iters}, cg_tolerance {defaults.cg_tolerance:g}, Lanczos ≤ {defaults.spectrum_iters} "
-          f"steps on ≤ {defaults.spectrum_samples} rows)")
+          f"(cg_iters {defaults.cg.iters}, cg_tolerance {defaults.cg.tolerance:g}, Lanczos ≤ {defaults.spectrum.iters} "
+          f"steps on ≤ {defaults.spectrum.samples} rows)")
     gnvp(obj, train.subset(torch.arange(4)), vec)  # warm-up
     _, t_gn = timed(lambda: gnvp(obj, train, vec, defaults.chunk_size), repeat=3)
     _, t_h = timed(lambda: hvp(obj, train, vec, defaults.hvp_mode, defaults.chunk_size), repeat=3)
@@ -234,7 +234,7 @@ def defaults_section(model, train, val, ext, obj, vec, quick: bool) -> None:
     print(f"   cost {st['hvp_full_equivalents']:.1f} full-split products vs ≤ {before:.1f} for the previous defaults at "
           f"n = {len(train)}: {before / st['hvp_full_equivalents']:.1f}× fewer")
     n_real = real_config_train_size()
-    worst = defaults.spectrum_iters * min(defaults.spectrum_samples, n_real) / n_real + defaults.cg_iters + 1
+    worst = defaults.spectrum.iters * min(defaults.spectrum.samples, n_real) / n_real + defaults.cg.iters + 1
     for top in (30, 2):
         old = previous_defaults_cost(n_real, top)
         print(f"   real config (n_train = {n_real}): at most {worst:.2f} products vs {old:.1f} for the previous defaults "
@@ -242,7 +242,7 @@ def defaults_section(model, train, val, ext, obj, vec, quick: bool) -> None:
     # accuracy on the subset where an exact solve is affordable
     obj64 = SubsetObjective(model, SUBSET, torch.float64)
     v = loss_gradient(obj64, val)
-    sub = compute_ihvp(model, train, val, InfluenceArgs(params=SUBSET), progress=False)
+    sub = compute_ihvp(model, train, val, InfluenceArgs.of(params=SUBSET), progress=False)
     x = exact(obj64, train, v, sub.stats["lambda"], curvature="gauss_newton").x
     reference = type(sub)(ihvp=obj64.unflatten(x), stats={}, args={})
     got, want = score_samples(model, sub, ext), score_samples(model, reference, ext)

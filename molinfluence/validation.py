@@ -528,7 +528,7 @@ def convex_reference(
     theta0, _ = problem.solve(theta_base)
     _set_head(frozen.head, theta0)
     at_opt = compute_ihvp(frozen, rows_train, rows_target, args, progress=progress)
-    scores = score_samples(frozen, at_opt, rows_samples, batch_size=args.score_batch_size)
+    scores = score_samples(frozen, at_opt, rows_samples, batch_size=args.scoring.batch_size)
 
     def loss_t(theta: torch.Tensor) -> float:
         return float((problem.predict(theta, x_t) - y_t).square().mean())
@@ -745,7 +745,7 @@ def compare_estimators(
         except InfluenceDivergence as exc:
             stats[spec["name"]] = {"spec": dict(spec), "refused": str(exc)}
             continue
-        scores = score_samples(model, result, samples, batch_size=args.score_batch_size)
+        scores = score_samples(model, result, samples, batch_size=args.scoring.batch_size)
         rows += [{"estimator": spec["name"], "ext_index": int(e), "score": float(v)} for e, v in zip(ext_index, scores)]
         stats[spec["name"]] = {"spec": dict(spec), **{k: result.stats.get(k) for k in _STAT_KEYS}}
     return pd.DataFrame(rows, columns=["estimator", "ext_index", "score"]), stats

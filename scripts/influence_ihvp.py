@@ -42,7 +42,7 @@ def main() -> None:
     if args.target_name == "test":
         print("WARNING: the influence target is the test split; the reported test metrics are then not independent "
               "of the selection (this reproduces the original report).", file=sys.stderr)
-    inf_args = InfluenceArgs.from_dict({**args.args, "target": args.target_name})
+    inf_args = InfluenceArgs.from_dict(args.args)
     model, tokenizer = load_regressor(args.model, device=pick_device(args.device))
     truncation = not args.no_truncation
     max_length = model.spec.max_length

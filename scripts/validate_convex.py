@@ -36,7 +36,7 @@ def main() -> None:
     model, train, target, chosen_batch, chosen = load_inputs(args.model, args.device, args.train, args.target,
                                                              args.target_name, args.chosen, not args.no_truncation)
     effects, scores, stats = convex_reference(
-        model, train, target, chosen_batch, {**args.influence, "target": args.target_name}, args.seeds,
+        model, train, target, chosen_batch, args.influence, args.seeds,
         chosen["ext_index"].tolist(), progress=True,
     )
     write_csv(args.out_effects, effects)

@@ -35,7 +35,7 @@ def main() -> None:
     model, train, target, chosen_batch, chosen = load_inputs(args.model, args.device, args.train, args.target,
                                                              args.target_name, args.chosen, not args.no_truncation)
     scores, stats = compare_estimators(
-        model, train, target, chosen_batch, {**args.influence, "target": args.target_name},
+        model, train, target, chosen_batch, args.influence,
         args.estimators["estimators"], chosen["ext_index"].tolist(), progress=True,
     )
     write_csv(args.out_scores, scores)

@@ -128,7 +128,7 @@ def ekfac_ihvp(
     v_lin = torch.cat([(grads[n] if n in grads else torch.zeros_like(params[n], dtype=obj.dtype)).reshape(-1)
                        for n in names]).to(lin.device, lin.dtype)
     op = CurvatureOperator(lin, train, "gauss_newton", args.hvp_mode, args.chunk_size)
-    eigs = estimate_spectrum(op, train, lin.numel, lin.theta0, args.spectrum_iters, args.spectrum_samples, args.seed,
+    eigs = estimate_spectrum(op, train, lin.numel, lin.theta0, args.spectrum.iters, args.spectrum.samples, args.seed,
                              progress)
     eigs.check(args.damping)
     lam = eigs.absolute_damping(args.damping)

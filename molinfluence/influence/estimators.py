@@ -137,21 +137,21 @@ def compute_ihvp(
             spectrum = eigs.to_dict(args.damping)
             op.rows += round(products * len(train))
         else:
-            eigs = estimate_spectrum(op, train, obj.numel, obj.theta0, args.spectrum_iters, args.spectrum_samples,
+            eigs = estimate_spectrum(op, train, obj.numel, obj.theta0, args.spectrum.iters, args.spectrum.samples,
                                      args.seed, progress)
             eigs.check(args.damping)
             lam = eigs.absolute_damping(args.damping)
             spectrum = eigs.to_dict(args.damping)
             v = v.to(obj.device, obj.dtype)
             if args.method == "lissa":
-                result = lissa(op, v, lam, eigs, args, progress)
+                result = lissa(op, v, lam, eigs, args.lissa, args.seed, progress)
             else:
-                result = cg(op, v, lam, args.cg_iters, args.cg_tolerance, eigs.top, args.damping, progress)
+                result = cg(op, v, lam, args.cg.iters, args.cg.tolerance, eigs.top, args.damping, progress)
             names = obj.names
         stability = None
         if len(result.repeats) > 1:
             probe = _probe_rows(train, PROBE_ROWS, args.seed)
-            stability = topk_stability(obj, result.repeats, probe, args.topk, args.score_batch_size)
+            stability = topk_stability(obj, result.repeats, probe, args.scoring.topk, args.scoring.batch_size)
             other += len(result.repeats) * len(probe) / len(train)
         train_loss = split_loss(obj, train, args.chunk_size)
         target_loss = split_loss(obj, target, args.chunk_size)
@@ -163,7 +163,7 @@ def compute_ihvp(
         "curvature": "gauss_newton (EK-FAC)" if args.method == "ekfac" else args.curvature,
         "holds": holds(args.method, args.curvature),
         "params": args.params,
-        "target": args.target,
+        "target": target.name,
         "n_params": int(x.numel()),
         "n_train": len(train),
         "n_target": len(target),

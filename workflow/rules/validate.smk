@@ -122,7 +122,7 @@ rule validate_convex:
     params:
         py=PY,
         # the configured estimator and damping; params is replaced by "head" (score_batch_size is used here)
-        influence=jarg({k: v for k, v in INF.items() if k not in ("target", "params")}),
+        influence=jarg(influence_options("validate_convex", INF)),
         seeds=VAL_SEEDS,
         target=TARGET_SPLIT,
         device=config["train"]["device"],
@@ -156,7 +156,7 @@ rule validate_estimators:
         stats=f"{VAL_DIR}/estimators/stats.json",
     params:
         py=PY,
-        influence=jarg({k: v for k, v in INF.items() if k != "target"}),
+        influence=jarg(influence_options("validate_estimators", INF)),
         estimators=jarg({"estimators": VAL["estimators"]}),
         target=TARGET_SPLIT,
         device=config["train"]["device"],
