@@ -46,6 +46,7 @@ from molinfluence.influence import (
 )
 from molinfluence.config import ConfigError, section_schema
 from molinfluence.influence.args import option_keys
+from molinfluence.loss import squared_error
 from molinfluence.rule_keys import WORKFLOW_KEYS, influence_options
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -154,6 +155,14 @@ def test_args_round_trip_and_errors_name_the_key():
         InfluenceArgs.of(curvature="fisher")
     defaults = InfluenceArgs.of()
     assert (defaults.method, defaults.curvature) == ("cg", "gauss_newton")  # the default is decided in the README
+
+
+def test_the_one_squared_error_is_torch_mse_per_sample_in_the_prediction_dtype():
+    pred = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    labels = torch.tensor([1.0, 1.0, 2.0])
+    loss = squared_error(pred, labels)
+    assert loss.dtype == torch.float64
+    assert torch.equal(loss, torch.nn.functional.mse_loss(pred, labels.double(), reduction="none"))
 
 
 def test_options_are_grouped_by_phase_and_the_config_keys_stay_flat():

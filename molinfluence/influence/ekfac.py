@@ -33,6 +33,7 @@ from .args import InfluenceArgs
 from .curvature import CurvatureOperator
 from .solvers import SolveResult, relative_residual
 from .spectrum import EigenEstimate, estimate_spectrum
+from ..loss import squared_error
 from .task import Batch, Rows, SubsetObjective
 
 try:  # kronfluence is installed with --no-deps (README, "Install"); without it only method ekfac is unavailable
@@ -75,7 +76,7 @@ class RegressionTask(Task):  # type: ignore[misc,valid-type]
             # 4 · ½ · ∇f∇fᵀ = 2 JᵀJ. The pseudo-loss √2 f has per-sample gradient √2 ∇f with exactly that outer
             # product: the same Fisher (= G) without Monte-Carlo noise, and deterministic.
             return math.sqrt(2.0) * pred.sum()
-        return (pred - labels.to(pred.dtype)).square().sum()
+        return squared_error(pred, labels).sum()
 
     def compute_train_loss(self, batch: Any, model: nn.Module, sample: bool = False) -> torch.Tensor:
         return self._loss(batch, model, sample)

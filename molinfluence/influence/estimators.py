@@ -18,6 +18,7 @@ import torch
 from scipy import stats as sstats
 from torch import nn
 
+from ..metrics import correlation_defined, topk_overlap
 from .args import InfluenceArgs, InfluenceDivergence
 from .curvature import CurvatureOperator, exact_curvature
 from .io import IHVPResult
@@ -70,11 +71,10 @@ def topk_stability(
     overlaps, spearman = [], []
     for a in range(len(scores)):
         for b in range(a + 1, len(scores)):
-            top_a = set(torch.argsort(scores[a])[:k].tolist())
-            top_b = set(torch.argsort(scores[b])[:k].tolist())
-            overlaps.append(len(top_a & top_b) / k)
-            if float(scores[a].std()) > 0 and float(scores[b].std()) > 0:
-                spearman.append(float(sstats.spearmanr(scores[a].numpy(), scores[b].numpy()).statistic))
+            x, y = scores[a].numpy(), scores[b].numpy()
+            overlaps.append(topk_overlap(x, y, k))
+            if correlation_defined(x, y):
+                spearman.append(float(sstats.spearmanr(x, y).statistic))
     return {
         "probe": f"{len(probe)} seeded training rows scored with each repeat's estimate",
         "k": k,

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
+from ..loss import squared_error
+
 
 def _check_rows(n: int, labels: torch.Tensor, weights: torch.Tensor | None, where: str) -> None:
     if n == 0:
@@ -279,7 +281,7 @@ class SubsetObjective:
 
     def loss_sum(self, theta: torch.Tensor, chunk: Rows) -> torch.Tensor:
         """``Σ wᵢ (f(zᵢ) − yᵢ)²`` over ``chunk`` (divide by the split size for the mean loss)."""
-        per_sample = (self.predict(theta, chunk) - self.labels(chunk)).square()
+        per_sample = squared_error(self.predict(theta, chunk), self.labels(chunk))
         w = self.weights(chunk)
         return (per_sample if w is None else per_sample * w).sum()
 
