@@ -156,11 +156,11 @@ def main() -> None:
 
     # 2. LiSSA with the defaults on all parameters ----------------------------------------------------------------
     run = InfluenceArgs.of(method="lissa", curvature="hessian", params="all", depth=200 if args.quick else defaults.lissa.depth)
-    print(f"2. LiSSA, defaults (params all, damping {run.damping} relative, scale auto, batch {run.batch_size}, "
-          f"repeats {run.repeats}, depth {run.depth}, tolerance {run.tolerance:g})")
+    print(f"2. LiSSA, defaults (params all, damping {run.damping} relative, scale auto, batch {run.lissa.batch_size}, "
+          f"repeats {run.lissa.repeats}, depth {run.lissa.depth}, tolerance {run.lissa.tolerance:g})")
     lissa_all, seconds = solve(model, train, val, run)
     s = lissa_all.stats
-    print(f"   damping {s['damping']}: {seconds:.1f} s; steps {s['steps']}, converged {s['converged']}; λmax(H) ≈ {s['lambda_max_H']:.4g}, "
+    print(f"   damping {s['damping']}: {seconds:.1f} s; steps {s['steps']}, converged {s['converged']}; λmax(C) ≈ {s['lambda_max_C']:.4g}, "
           f"λ = {s['lambda']:.4g}, σ = {s['scale']:.4g}; full-batch relative residual {s['relative_residual']:.3g}; "
           f"repeat norm spread {s['repeat_norm_spread']:.2g}, vector spread {s['repeat_vector_spread']:.2g}\n")
 
@@ -225,7 +225,7 @@ def defaults_section(model, train, val, ext, obj, vec, quick: bool) -> None:
     st = result.stats
     before = previous_defaults_cost(len(train))
     print(f"   {seconds:.1f} s; {st['steps'][0]} CG iterations, converged {st['converged']}, relative residual "
-          f"{st['relative_residual']:.2e}; λ_max(G) ≈ {st['lambda_max_H']:.4g} from {st['spectrum_iterations']} "
+          f"{st['relative_residual']:.2e}; λ_max(G) ≈ {st['lambda_max_C']:.4g} from {st['spectrum_iterations']} "
           f"Lanczos steps on {st['spectrum_rows']} rows")
     print(f"   cost {st['hvp_full_equivalents']:.1f} full-split products (measured) vs ≤ {before:.1f} computed for the previous defaults at "
           f"n = {len(train)}: {before / st['hvp_full_equivalents']:.1f}× fewer")

@@ -548,7 +548,7 @@ def convex_reference(
             theta_z, rel = problem.solve(start, (x_s[i : i + 1], y_s[i : i + 1], 1.0 / n))
             worst = max(worst, rel)
             rows.append({"ext_index": ext, "seed": int(seed), "target_loss": loss_t(theta_z)})
-    keep = ("method", "damping", "lambda", "lambda_max_H", "lambda_min_H", "condition_number_A", "converged",
+    keep = ("method", "damping", "lambda", "lambda_max_C", "lambda_min_C", "condition_number_A", "converged",
             "relative_residual", "error_estimate", "norm", "steps", "train_loss", "target_loss")
     stats = {
         "influence_params": "head",
@@ -718,7 +718,7 @@ def load_inputs(
 # --------------------------------------------------------------------------------------------------------------------
 # Estimators compared on the same samples against the same retraining
 
-_STAT_KEYS = ("method", "curvature", "params", "n_params", "damping", "lambda", "lambda_max_H", "lambda_min_H",
+_STAT_KEYS = ("method", "curvature", "params", "n_params", "damping", "lambda", "lambda_max_C", "lambda_min_C",
               "relative_residual", "converged", "hvp_full_equivalents", "topk_stability", "seconds")
 
 

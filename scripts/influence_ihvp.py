@@ -32,6 +32,9 @@ def main() -> None:
     p.add_argument("--no-truncation", action="store_true")
     p.add_argument("--out", required=True)
     p.add_argument("--out-stats", required=True)
+    p.add_argument("--factors-dir", default=None,
+                   help="influence.method ekfac: where kronfluence's factors are kept and reused, named after the model "
+                        "and split they were fitted on (default: ekfac_factors/ beside --out)")
     args = p.parse_args()
     set_threads(args.threads)
 
@@ -48,7 +51,8 @@ def main() -> None:
     max_length = model.spec.max_length
     train = Batch.encode(tokenizer, args.train, max_length, truncation, "train")
     target = Batch.encode(tokenizer, args.target, max_length, truncation, args.target_name)
-    result = compute_ihvp(model, train, target, inf_args, progress=True)
+    factors_dir = args.factors_dir or str(Path(args.out).parent / "ekfac_factors")
+    result = compute_ihvp(model, train, target, inf_args, progress=True, factors_dir=factors_dir)
     save_ihvp(result, args.out)
     write_json(args.out_stats, {"args": result.args, **result.stats})
     s = result.stats

@@ -10,6 +10,7 @@ one product over the whole training split (the spectrum's products on a subsampl
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -95,12 +96,14 @@ PROBE_ROWS = 256
 
 
 def compute_ihvp(
-    model: nn.Module, train: Rows, target: Rows, args: InfluenceArgs | Mapping[str, Any], progress: bool = True
+    model: nn.Module, train: Rows, target: Rows, args: InfluenceArgs | Mapping[str, Any], progress: bool = True,
+    factors_dir: str | os.PathLike[str] | None = None,
 ) -> IHVPResult:
     """``s = (C + λI)⁻¹ ∇θ L_target`` for the trained ``model`` (see :mod:`molinfluence.influence`).
 
     ``train`` defines C (the model's training split), ``target`` defines v (validation by default). The model is put
-    in eval mode for the computation and restored afterwards; its parameters are not modified.
+    in eval mode for the computation and restored afterwards; its parameters are not modified. ``factors_dir``
+    (``ekfac`` only) keeps kronfluence's fitted factors, named after what they were fitted on, for reuse.
     """
     if not isinstance(args, InfluenceArgs):
         args = InfluenceArgs.from_dict(args)
@@ -132,7 +135,7 @@ def compute_ihvp(
         elif args.method == "ekfac":
             from .ekfac import ekfac_ihvp  # kronfluence is imported only when EK-FAC is asked for
 
-            result, eigs, names, extra, products = ekfac_ihvp(model, obj, train, v, args, progress)
+            result, eigs, names, extra, products = ekfac_ihvp(model, obj, train, v, args, progress, factors_dir)
             lam = eigs.absolute_damping(args.damping)
             spectrum = eigs.to_dict(args.damping)
             op.rows += round(products * len(train))

@@ -230,8 +230,8 @@ def dense_solve(matrix: torch.Tensor, v: torch.Tensor, lam: float) -> SolveResul
         x=x,
         repeats=[x],
         stats={
-            "lambda_max_H": lam_max,
-            "lambda_min_H": lam_min,
+            "lambda_max_C": lam_max,
+            "lambda_min_C": lam_min,
             "lambda_max_A": lam_max + lam,
             "lambda_min_A": lam_min + lam,
             "condition_number_A": (lam_max + lam) / (lam_min + lam),
