@@ -17,8 +17,8 @@ PyTorch step; one epoch through ``train_regressor`` against a bare PyTorch loop 
 same bare loop with every batch padded to the split's longest, as the loop did before issue 10); the fixed cost of a
 fine-tune job (a subprocess doing imports, device initialisation and model loading); the default curvature's product
 on a mini-batch and on the full training split; the default config's IHVP run through ``compute_ihvp`` (seconds, and
-``hvp_full_equivalents`` against the pre-issue-11 default's ~81; ``--no-ihvp`` prints an upper bound instead); scoring the external pool; peak
-memory; the throughput of several training processes sharing the device (one epoch each, ``--concurrent N``, default
+``hvp_full_equivalents`` against the pre-issue-11 default's 82.2, computed from its step counts in benchmarks/costs.py;
+``--no-ihvp`` prints an upper bound instead); scoring the external pool; peak memory; the throughput of several training processes sharing the device (one epoch each, ``--concurrent N``, default
 config.yaml's ``finetune.concurrent_seeds``) against one; and the projected wall time of config.yaml's DAG, with one
 fine-tune job per seed, with one per condition (all its seeds in one process), and with its seeds N at a time.
 """
@@ -45,6 +45,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from molinfluence.config import validate_config  # noqa: E402
+from molinfluence.grid import grid  # noqa: E402
+from costs import previous_defaults_cost  # noqa: E402  (benchmarks/, the script's own folder)
+from molinfluence.loss import squared_error  # noqa: E402
 from molinfluence.molformer import MolformerConfig, MolformerModel  # noqa: E402
 from molinfluence.batch import Batch  # noqa: E402
 from molinfluence.regressor import MolformerRegressor, RegressorSpec, pick_device, save_regressor  # noqa: E402
@@ -77,9 +80,9 @@ def influence_api() -> dict[str, Any]:
                 curvature_product=curvature_product, compute_ihvp=compute_ihvp, score_samples=score_samples)
 
 
-# The IHVP before issue 11 (LiSSA on H): 60 power-iteration products over the whole split, then 2 x 1000 LiSSA steps on
-# mini-batches of 32 out of Lipophilicity's 3,024 training molecules, in full-split product equivalents.
-OLD_IHVP_EQUIVALENTS = 60 + 2 * 1000 * 32 / 3024
+# The IHVP before issue 11 (LiSSA on H) at Lipophilicity's 3,024 training molecules, in full-split product
+# equivalents: computed from its step counts (benchmarks/costs.py), not measured.
+OLD_IHVP_EQUIVALENTS = previous_defaults_cost(3024)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -188,7 +191,7 @@ class Steps:
             y = self.host_y[idx].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
                 pred = self.model(ids, mask)
-            loss = (pred.float() - y).square().mean()
+            loss = squared_error(pred.float(), y).mean()
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -345,16 +348,10 @@ def concurrent_epochs(model: MolformerRegressor, tokenizer: Any, tables: dict[st
 
 
 def finetune_conditions(config: dict[str, Any], n_external: int) -> list[int]:
-    """Molecules added by each fine-tune condition (init, strategy, k), enumerated as the workflow's grid does: per
-    init a no-data control, ``all``/``weighted`` once (the whole pool), other strategies once per k. Each condition
-    trains ``finetune.seeds`` runs."""
-    ft, sel = config["finetune"], config["selection"]
-    added = []
-    for _ in ft["inits"]:
-        added.append(0)
-        for strategy in sel["strategies"]:
-            added.extend([n_external] if strategy in ("all", "weighted") else list(sel["k"]))
-    return added
+    """Molecules added by each fine-tune condition of the workflow's grid (:func:`molinfluence.grid.grid`): k, or the
+    whole pool for the strategies whose k is None. Each condition trains ``finetune.seeds`` runs."""
+    conditions = grid(config["finetune"]["inits"], config["selection"]["strategies"], config["selection"]["k"])
+    return [n_external if c.k is None else c.k for c in conditions]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -376,11 +373,13 @@ def main() -> None:
     device = pick_device(args.device)
     reps = 2 if args.quick else 3
     timed_steps = 5 if args.quick else 20
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, str]] = []
 
-    def row(what: str, value: str) -> None:
-        rows.append((what, value))
-        print(f"  {what}: {value}", file=sys.stderr, flush=True)
+    def row(what: str, value: str, kind: str = "measured") -> None:
+        """One line of the table; ``kind`` says whether this run timed it (measured) or derived it (computed from
+        step counts, projected from the measured rows)."""
+        rows.append((what, value, kind))
+        print(f"  {what}: {value} [{kind}]", file=sys.stderr, flush=True)
 
     tables, source = load_tables(args.data, args.quick)
     tokenizer = build_smiles_tokenizer(pd.concat([t["smiles"] for t in tables.values()]))
@@ -469,7 +468,7 @@ def main() -> None:
              for k in ("train", "validation", "external")}
     obj = api["SubsetObjective"](trained, inf_args.params, inf_args.torch_dtype)
     vec = torch.randn(obj.numel, generator=torch.Generator().manual_seed(0)).to(obj.device, obj.dtype)
-    mini = batch["train"].subset(torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[: inf_args.batch_size])
+    mini = batch["train"].subset(torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[: inf_args.lissa.batch_size])
 
     def product(rows):
         return api["curvature_product"](obj, rows, vec, inf_args.curvature, inf_args.hvp_mode, inf_args.chunk_size)
@@ -477,31 +476,31 @@ def main() -> None:
     mini_s = seconds(lambda: product(mini), device, reps + 2)
     full_s = seconds(lambda: product(batch["train"]), device)
     what = f"{inf_args.curvature} product, params={inf_args.params}, chunks of {inf_args.chunk_size}"
-    row(f"curvature-vector product on a mini-batch of {inf_args.batch_size} ({what})", f"{mini_s * 1e3:.0f} ms")
+    row(f"curvature-vector product on a mini-batch of {inf_args.lissa.batch_size} ({what})", f"{mini_s * 1e3:.0f} ms")
     row(f"curvature-vector product over the whole training split ({n_train} molecules)", f"{full_s:.2f} s")
     n_full = 3024 if args.quick else n_train  # project to the real split size
     scale = n_full / n_train
     if args.no_ihvp:
         # Upper bound of the default (CG): Lanczos on the subsample, every CG iteration, the gradient.
-        ihvp_equiv = inf_args.spectrum_iters * min(inf_args.spectrum_samples, n_full) / n_full + inf_args.cg_iters + 1
+        ihvp_equiv = inf_args.spectrum.iters * min(inf_args.spectrum.samples, n_full) / n_full + inf_args.cg.iters + 1
         ihvp_s = ihvp_equiv * full_s * scale
         row("IHVP of config.yaml (upper bound, not run: --no-ihvp)",
-            f"{ihvp_equiv:.1f} full-split product equivalents = {ihvp_s / 60:.1f} min")
+            f"{ihvp_equiv:.1f} full-split product equivalents = {ihvp_s / 60:.1f} min", "projected")
     else:
         result = api["compute_ihvp"](trained, batch["train"], batch["validation"], inf_args, progress=False)
         st = result.stats
         ihvp_equiv = st["hvp_full_equivalents"] + st["other_full_equivalents"]
         ihvp_s = st["seconds"] * scale
         row(f"IHVP of config.yaml, run ({st['method']} on {st['curvature']}, {st['n_params']:,} parameters)",
-            f"{st['seconds']:.1f} s on {n_train} molecules ({ihvp_s / 60:.1f} min at {n_full}); "
+            f"{st['seconds']:.1f} s on {n_train} molecules (projected {ihvp_s / 60:.1f} min at {n_full}); "
             f"hvp_full_equivalents {st['hvp_full_equivalents']:.1f} + {st['other_full_equivalents']:.1f} other; "
             f"relative residual {st.get('relative_residual', float('nan')):.2g}")
-    row("  IHVP cost vs the pre-issue-11 default (LiSSA on H, 60 power iterations + 2x1000 steps)",
-        f"{ihvp_equiv:.1f} / {OLD_IHVP_EQUIVALENTS:.1f} full-split equivalents = {ihvp_equiv / OLD_IHVP_EQUIVALENTS:.2f}")
+    row("  IHVP cost vs the pre-issue-11 default (LiSSA on H; its cost computed from step counts, not measured)",
+        f"{ihvp_equiv:.1f} / {OLD_IHVP_EQUIVALENTS:.1f} full-split equivalents = {ihvp_equiv / OLD_IHVP_EQUIVALENTS:.2f}", "computed")
     ihvp = api["IHVPResult"](ihvp={n: torch.randn(s, generator=torch.Generator().manual_seed(1)).cpu()
                                    for n, s in zip(obj.names, obj.shapes)}, stats={}, args={})
-    score_s = seconds(lambda: api["score_samples"](trained, ihvp, batch["external"], inf_args.score_batch_size), device, reps)
-    row(f"scoring the external pool ({len(batch['external'])} molecules, batches of {inf_args.score_batch_size})", f"{score_s:.2f} s")
+    score_s = seconds(lambda: api["score_samples"](trained, ihvp, batch["external"], inf_args.scoring.batch_size), device, reps)
+    row(f"scoring the external pool ({len(batch['external'])} molecules, batches of {inf_args.scoring.batch_size})", f"{score_s:.2f} s")
     row("peak memory", peak_memory(device))
 
     # 6. Projection of config.yaml's DAG.
@@ -521,20 +520,22 @@ def main() -> None:
     workers = min(n_concurrent, seeds)
     concurrent_jobs = epochs_s / seeds * math.ceil(seeds / workers) * workers / speedup + len(conditions) * fixed_s
     rest = base_s + ihvp_s + score_s + 2 * fixed_s
-    row("projected train_base (no early stop)", f"{base_s:.0f} s")
-    row(f"projected fine-tune grid: {len(conditions)} conditions x {seeds} seeds x {ft_epochs} epochs (no early stop)",
+    row("train_base (no early stop)", f"{base_s:.0f} s", "projected")
+    row(f"fine-tune grid: {len(conditions)} conditions x {seeds} seeds x {ft_epochs} epochs (no early stop)",
         f"{epochs_s / 60:.1f} min of epochs; + job starts: {per_seed_jobs / 60:.1f} min with one job per seed, "
         f"{per_condition_jobs / 60:.1f} min with one job per condition"
-        + (f", {concurrent_jobs / 60:.1f} min with {workers} seeds at a time" if workers > 1 else ""))
-    row("projected config.yaml DAG (train_base + IHVP + scoring + fine-tunes, one job at a time on this device)",
+        + (f", {concurrent_jobs / 60:.1f} min with {workers} seeds at a time" if workers > 1 else ""), "projected")
+    row("config.yaml DAG (train_base + IHVP + scoring + fine-tunes, one job at a time on this device)",
         f"{(rest + per_seed_jobs) / 60:.1f} min (job per seed), {(rest + per_condition_jobs) / 60:.1f} min (job per condition)"
-        + (f", {(rest + concurrent_jobs) / 60:.1f} min (job per condition, {workers} seeds at a time)" if workers > 1 else ""))
+        + (f", {(rest + concurrent_jobs) / 60:.1f} min (job per condition, {workers} seeds at a time)" if workers > 1 else ""),
+        "projected")
 
-    width = max(len(w) for w, _ in rows)
-    print(f"\n{'what'.ljust(width)} | measured")
-    print(f"{'-' * width}-|-{'-' * 40}")
-    for what, value in rows:
-        print(f"{what.ljust(width)} | {value}")
+    width = max(len(w) for w, _, _ in rows)
+    print(f"\n{'what'.ljust(width)} | {'kind'.ljust(9)} | value")
+    print(f"{'-' * width}-|-{'-' * 9}-|-{'-' * 40}")
+    for what, value, kind in rows:
+        print(f"{what.ljust(width)} | {kind.ljust(9)} | {value}")
+    print("measured: timed in this run; computed: from step counts; projected: measured rows scaled to config.yaml")
 
 
 if __name__ == "__main__":

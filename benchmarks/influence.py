@@ -36,6 +36,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from molinfluence.data import resolve_source  # noqa: E402
+from molinfluence.loss import squared_error  # noqa: E402
+from costs import previous_defaults_cost  # noqa: E402  (benchmarks/, the script's own folder)
 from molinfluence.influence import (  # noqa: E402
     Batch,
     InfluenceArgs,
@@ -107,7 +109,7 @@ def build(n_train: int, n_val: int, n_ext: int, epochs: int):
         for idx in torch.randperm(n_train, generator=gen).split(32):
             b = train.subset(idx)
             opt.zero_grad()
-            ((model(b.input_ids, b.attention_mask) - b.labels) ** 2).mean().backward()
+            squared_error(model(b.input_ids, b.attention_mask), b.labels).mean().backward()
             opt.step()
     return model, train, val, ext
 
@@ -121,7 +123,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     n_train, n_val, n_ext, epochs = (96, 24, 48, 3) if args.quick else (300, 60, 150, 12)
-    defaults = InfluenceArgs()
+    defaults = InfluenceArgs.of()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
 
     (model, train, val, ext), seconds = timed(lambda: build(n_train, n_val, n_ext, epochs))
@@ -136,7 +138,7 @@ def main() -> None:
         return
 
     # 1. HVP modes ------------------------------------------------------------------------------------------------
-    mini = train.subset(torch.arange(defaults.batch_size))
+    mini = train.subset(torch.arange(defaults.lissa.batch_size))
     print(f"1. HVP on all {obj.numel:,} parameters")
     results = {}
     for mode in ("func", "double_backward"):
@@ -153,12 +155,12 @@ def main() -> None:
           f"default influence.hvp_mode = {defaults.hvp_mode} ({'the faster' if faster == defaults.hvp_mode else 'NOT the faster'})\n")
 
     # 2. LiSSA with the defaults on all parameters ----------------------------------------------------------------
-    run = InfluenceArgs(method="lissa", curvature="hessian", params="all", depth=200 if args.quick else defaults.depth)
-    print(f"2. LiSSA, defaults (params all, damping {run.damping} relative, scale auto, batch {run.batch_size}, "
-          f"repeats {run.repeats}, depth {run.depth}, tolerance {run.tolerance:g})")
+    run = InfluenceArgs.of(method="lissa", curvature="hessian", params="all", depth=200 if args.quick else defaults.lissa.depth)
+    print(f"2. LiSSA, defaults (params all, damping {run.damping} relative, scale auto, batch {run.lissa.batch_size}, "
+          f"repeats {run.lissa.repeats}, depth {run.lissa.depth}, tolerance {run.lissa.tolerance:g})")
     lissa_all, seconds = solve(model, train, val, run)
     s = lissa_all.stats
-    print(f"   damping {s['damping']}: {seconds:.1f} s; steps {s['steps']}, converged {s['converged']}; λmax(H) ≈ {s['lambda_max_H']:.4g}, "
+    print(f"   damping {s['damping']}: {seconds:.1f} s; steps {s['steps']}, converged {s['converged']}; λmax(C) ≈ {s['lambda_max_C']:.4g}, "
           f"λ = {s['lambda']:.4g}, σ = {s['scale']:.4g}; full-batch relative residual {s['relative_residual']:.3g}; "
           f"repeat norm spread {s['repeat_norm_spread']:.2g}, vector spread {s['repeat_vector_spread']:.2g}\n")
 
@@ -172,8 +174,8 @@ def main() -> None:
           f"λmax(H) = {float(spectrum[-1]):.4g}")
     damping = defaults.damping
     for label, batch_size, repeats in (("full batch, to tolerance", len(train), 1),
-                                       (f"mini-batch {defaults.batch_size}, defaults", defaults.batch_size, defaults.repeats)):
-        cfg = InfluenceArgs(method="lissa", curvature="hessian", params=SUBSET, batch_size=batch_size, repeats=repeats,
+                                       (f"mini-batch {defaults.lissa.batch_size}, defaults", defaults.lissa.batch_size, defaults.lissa.repeats)):
+        cfg = InfluenceArgs.of(method="lissa", curvature="hessian", params=SUBSET, batch_size=batch_size, repeats=repeats,
                             damping=damping)
         result, seconds = solve(model, train, val, cfg)
         st = result.stats
@@ -188,11 +190,11 @@ def main() -> None:
 
     # 4. Scoring ----------------------------------------------------------------------------------------------------
     score_samples(model, lissa_all, ext.subset(torch.arange(2)))  # warm-up
-    batched, t_batched = timed(lambda: score_samples(model, lissa_all, ext, batch_size=defaults.score_batch_size), 3)
+    batched, t_batched = timed(lambda: score_samples(model, lissa_all, ext, batch_size=defaults.scoring.batch_size), 3)
     loop, t_loop = timed(lambda: score_samples_loop(model, lissa_all, ext), 3)
     diff = float((batched - loop).abs().max() / loop.abs().max())
     print(f"4. scoring {len(ext)} external molecules against the all-parameter IHVP")
-    print(f"   batched JVP (batch {defaults.score_batch_size}) {t_batched:.3f} s, batch-1 backward loop {t_loop:.3f} s: "
+    print(f"   batched JVP (batch {defaults.scoring.batch_size}) {t_batched:.3f} s, batch-1 backward loop {t_loop:.3f} s: "
           f"{t_loop / t_batched:.1f}x faster (goal >= 5x); max relative difference {diff:.1e}")
     print(f"   scores: min {float(batched.min()):.4g}, max {float(batched.max()):.4g}, "
           f"{int((batched < 0).sum())} negative (expected helpful) of {len(batched)}")
@@ -200,12 +202,6 @@ def main() -> None:
     # 5. The default estimator and its cost -------------------------------------------------------------------------
     print()
     defaults_section(model, train, val, ext, obj, vec, args.quick)
-
-
-def previous_defaults_cost(n_train: int, top_iters: int = 30) -> float:
-    """Full-split HVP equivalents of the previous defaults: power iteration on H (up to 30 iterations for λ_max, the
-    shifted run always 30), LiSSA 2 repeats × 1000 steps of 32 rows, one full-split residual."""
-    return top_iters + 30 + 2 * 1000 * 32 / n_train + 1
 
 
 def real_config_train_size() -> int:
@@ -216,10 +212,10 @@ def real_config_train_size() -> int:
 
 
 def defaults_section(model, train, val, ext, obj, vec, quick: bool) -> None:
-    defaults = InfluenceArgs()
+    defaults = InfluenceArgs.of()
     print(f"5. default estimator: {defaults.method} on {defaults.curvature}, all parameters "
-          f"(cg_iters {defaults.cg_iters}, cg_tolerance {defaults.cg_tolerance:g}, Lanczos ≤ {defaults.spectrum_iters} "
-          f"steps on ≤ {defaults.spectrum_samples} rows)")
+          f"(cg_iters {defaults.cg.iters}, cg_tolerance {defaults.cg.tolerance:g}, Lanczos ≤ {defaults.spectrum.iters} "
+          f"steps on ≤ {defaults.spectrum.samples} rows)")
     gnvp(obj, train.subset(torch.arange(4)), vec)  # warm-up
     _, t_gn = timed(lambda: gnvp(obj, train, vec, defaults.chunk_size), repeat=3)
     _, t_h = timed(lambda: hvp(obj, train, vec, defaults.hvp_mode, defaults.chunk_size), repeat=3)
@@ -229,20 +225,20 @@ def defaults_section(model, train, val, ext, obj, vec, quick: bool) -> None:
     st = result.stats
     before = previous_defaults_cost(len(train))
     print(f"   {seconds:.1f} s; {st['steps'][0]} CG iterations, converged {st['converged']}, relative residual "
-          f"{st['relative_residual']:.2e}; λ_max(G) ≈ {st['lambda_max_H']:.4g} from {st['spectrum_iterations']} "
+          f"{st['relative_residual']:.2e}; λ_max(G) ≈ {st['lambda_max_C']:.4g} from {st['spectrum_iterations']} "
           f"Lanczos steps on {st['spectrum_rows']} rows")
-    print(f"   cost {st['hvp_full_equivalents']:.1f} full-split products vs ≤ {before:.1f} for the previous defaults at "
+    print(f"   cost {st['hvp_full_equivalents']:.1f} full-split products (measured) vs ≤ {before:.1f} computed for the previous defaults at "
           f"n = {len(train)}: {before / st['hvp_full_equivalents']:.1f}× fewer")
     n_real = real_config_train_size()
-    worst = defaults.spectrum_iters * min(defaults.spectrum_samples, n_real) / n_real + defaults.cg_iters + 1
+    worst = defaults.spectrum.iters * min(defaults.spectrum.samples, n_real) / n_real + defaults.cg.iters + 1
     for top in (30, 2):
         old = previous_defaults_cost(n_real, top)
-        print(f"   real config (n_train = {n_real}): at most {worst:.2f} products vs {old:.1f} for the previous defaults "
+        print(f"   real config (n_train = {n_real}): at most {worst:.2f} products vs {old:.1f} computed for the previous defaults "
               f"(power iteration for λ_max stopping after {top}): ratio {worst / old:.3f} (goal ≤ 1/3)")
     # accuracy on the subset where an exact solve is affordable
     obj64 = SubsetObjective(model, SUBSET, torch.float64)
     v = loss_gradient(obj64, val)
-    sub = compute_ihvp(model, train, val, InfluenceArgs(params=SUBSET), progress=False)
+    sub = compute_ihvp(model, train, val, InfluenceArgs.of(params=SUBSET), progress=False)
     x = exact(obj64, train, v, sub.stats["lambda"], curvature="gauss_newton").x
     reference = type(sub)(ihvp=obj64.unflatten(x), stats={}, args={})
     got, want = score_samples(model, sub, ext), score_samples(model, reference, ext)

@@ -71,6 +71,24 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(resid))), "r2": r2}
 
 
+def correlation_defined(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether a correlation of the paired values ``x``, ``y`` is defined: at least 3 pairs and neither variable
+    constant. Where it is not, callers report None (JSON) or leave the pair out, never NaN or a number."""
+    x, y = np.asarray(x), np.asarray(y)
+    return len(x) >= 3 and float(np.ptp(x)) > 0 and float(np.ptp(y)) > 0
+
+
+def bottom_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` smallest (most negative: most helpful) ``values``, ties in index order."""
+    return np.argsort(np.asarray(values), kind="stable")[:k]
+
+
+def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Fraction of the ``k`` most negative entries of ``a`` that are among the ``k`` most negative of ``b``: the
+    agreement of two rankings on the samples a most-helpful selection would pick."""
+    return len(set(bottom_k(a, k).tolist()) & set(bottom_k(b, k).tolist())) / k
+
+
 def per_run_table(base: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """The per-run table: the base model, then one row per fine-tuning run, sorted by (init, strategy, k, seed).
 

@@ -162,7 +162,7 @@ class PoolContext:
         """``I(z)`` of every pool row at the base model (negative = expected helpful)."""
         return self._cached(
             "scores",
-            lambda: score_samples(self.model, self.base_ihvp(), self.rows("pool"), self.influence.score_batch_size)
+            lambda: score_samples(self.model, self.base_ihvp(), self.rows("pool"), self.influence.scoring.batch_size)
             .numpy(),
         )
 
@@ -320,7 +320,7 @@ def adaptive_greedy_order(
         enlarged = train if not chosen else concat_rows(train, pool.subset(chosen))
         ihvp = first_ihvp if (first_ihvp is not None and not chosen) else compute_ihvp(
             model, enlarged, target, args, progress)
-        scores = score_samples(model, ihvp, pool, args.score_batch_size).numpy()
+        scores = score_samples(model, ihvp, pool, args.scoring.batch_size).numpy()
         history.append(scores)
         free = scores.copy()
         free[chosen] = np.inf
@@ -371,7 +371,7 @@ def fine_tune_checkpoints(ctx: PoolContext) -> list[tuple[nn.Module, float]]:
 def tracin_score(ctx: PoolContext) -> np.ndarray:
     return ctx._cached("tracin", lambda: tracin_scores(
         fine_tune_checkpoints(ctx), ctx.rows("target"), ctx.rows("pool"), ctx.influence.params,
-        ctx.influence.score_batch_size))
+        ctx.influence.scoring.batch_size))
 
 
 # -- the registry ------------------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from .batch import Batch, encode_split
 from .config import check_fields, from_section
 from .files import atomic_path, code_hash
+from .loss import squared_error
 from .metrics import regression_metrics
 from .molformer import draw_orthogonal_feature_stack
 from .regressor import MolformerRegressor, pick_device
@@ -176,8 +177,7 @@ def split_mse(model: torch.nn.Module, split: Batch, batch_size: int) -> float:
     """Mean squared error of ``model`` in eval mode over a labelled split (accumulated in float64): the validation loss
     of early stopping and the target loss that the influence validation stage measures."""
     pred = eval_predictions(model, split, batch_size)
-    target = split.labels.to(pred.device, torch.float64)
-    return float((pred.double() - target).square().sum()) / max(len(split), 1)
+    return float(squared_error(pred.double(), split.labels).sum()) / max(len(split), 1)
 
 
 class FeatureDraws:
@@ -270,10 +270,10 @@ def train_step(
     if extra is not None:
         with torch.random.fork_rng(devices=_rng_devices(device)):
             pred = _forward(model, extra.rows.input_ids, extra.rows.attention_mask, projections, cfg, device)
-        (extra.weight * (pred.float() - extra.rows.labels).square().sum()).backward()
+        (extra.weight * squared_error(pred.float(), extra.rows.labels).sum()).backward()
     n = ids.shape[0]
     if chunk is None or chunk >= n:
-        per_sample = (_forward(model, ids, mask, projections, cfg, device).float() - labels).square()
+        per_sample = squared_error(_forward(model, ids, mask, projections, cfg, device).float(), labels)
         loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
         loss.backward()
         loss = loss.detach()
@@ -281,7 +281,7 @@ def train_step(
         loss = torch.zeros((), device=ids.device)
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            per_sample = (_forward(model, ids[part], mask[part], projections, cfg, device).float() - labels[part]).square()
+            per_sample = squared_error(_forward(model, ids[part], mask[part], projections, cfg, device).float(), labels[part])
             if weights is not None:
                 per_sample = per_sample * weights[part]
             part_loss = per_sample.sum() / n

@@ -26,6 +26,9 @@ def main() -> None:
     add_base_inputs(p)
     p.add_argument("--out", required=True)
     p.add_argument("--out-stats", required=True)
+    p.add_argument("--factors-dir", default=None,
+                   help="influence.method ekfac: where kronfluence's factors are kept and reused, named after the model "
+                        "and split they were fitted on (default: ekfac_factors/ beside --out)")
     args = p.parse_args()
     set_threads(args.threads)
 
@@ -35,10 +38,11 @@ def main() -> None:
     if args.target_name == "test":
         print("WARNING: the influence target is the test split; the reported test metrics are then not independent "
               "of the selection (this reproduces the original report).", file=sys.stderr)
-    inf_args = InfluenceArgs.from_dict({**args.args, "target": args.target_name})
+    inf_args = InfluenceArgs.from_dict(args.args)
     model, _, splits = load_base_inputs(args)
     train, target = splits["train"], splits["target"]
-    result = compute_ihvp(model, train, target, inf_args, progress=True)
+    factors_dir = args.factors_dir or str(Path(args.out).parent / "ekfac_factors")
+    result = compute_ihvp(model, train, target, inf_args, progress=True, factors_dir=factors_dir)
     save_ihvp(result, args.out)
     write_json(args.out_stats, {"args": result.args, **result.stats})
     s = result.stats

@@ -40,7 +40,7 @@ def main() -> None:
     model, _, splits = load_base_inputs(args, chosen=chosen)
     train, target, chosen_batch = splits["train"], splits["target"], splits["chosen"]
     effects, scores, stats = convex_reference(
-        model, train, target, chosen_batch, {**args.influence, "target": args.target_name}, args.seeds,
+        model, train, target, chosen_batch, args.influence, args.seeds,
         chosen["ext_index"].tolist(), progress=True,
     )
     write_csv(args.out_effects, effects)

@@ -39,7 +39,7 @@ def main() -> None:
     model, _, splits = load_base_inputs(args, chosen=chosen)
     train, target, chosen_batch = splits["train"], splits["target"], splits["chosen"]
     scores, stats = compare_estimators(
-        model, train, target, chosen_batch, {**args.influence, "target": args.target_name},
+        model, train, target, chosen_batch, args.influence,
         args.estimators["estimators"], chosen["ext_index"].tolist(), progress=True,
     )
     write_csv(args.out_scores, scores)

@@ -11,7 +11,7 @@ import pytest
 
 from molinfluence.config import ConfigError, check_fields, schema_default, schema_keys, validate_config
 from molinfluence.data import DATA_KEYS, DataConfig
-from molinfluence.influence import InfluenceArgs
+from molinfluence.influence import CGArgs, InfluenceArgs, LissaArgs, ScoringArgs, SpectrumArgs
 from molinfluence.regressor import RegressorSpec
 from molinfluence.training import TRAIN_KEYS, TrainConfig
 from molinfluence.validation import ValidationArgs
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 DATACLASSES = [
     (TrainConfig, TRAIN_KEYS),
-    (InfluenceArgs, {f.name: f"influence.{f.name}" for f in dataclasses.fields(InfluenceArgs)}),
+    *((cls, cls.KEYS) for cls in (InfluenceArgs, SpectrumArgs, CGArgs, LissaArgs, ScoringArgs)),
     (ValidationArgs, {f.name: f"validation.{f.name}" for f in dataclasses.fields(ValidationArgs)}),
     (RegressorSpec, {"pooling": "model.pooling", "head_dropout": "model.head_dropout", "max_length": "model.max_length"}),
     (DataConfig, DATA_KEYS),

@@ -21,7 +21,11 @@ from molinfluence.influence import (
     Batch,
     CurvatureOperator,
     EigenEstimate,
+    CGArgs,
     InfluenceArgs,
+    LissaArgs,
+    ScoringArgs,
+    SpectrumArgs,
     InfluenceDivergence,
     NegativeCurvature,
     SubsetObjective,
@@ -40,6 +44,10 @@ from molinfluence.influence import (
     score_samples,
     select_params,
 )
+from molinfluence.config import ConfigError, section_schema
+from molinfluence.influence.args import option_keys
+from molinfluence.loss import squared_error
+from molinfluence.rule_keys import WORKFLOW_KEYS, influence_options
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Generic toy models: the engine knows no MoLFormer names; a model names its parameter groups through the seam
@@ -129,24 +137,60 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_args_round_trip_and_errors_name_the_key():
-    args = InfluenceArgs(method="cg", params=["head", "body.norm"], damping=0.1, scale=3.0, seed=4, curvature="hessian")
+    args = InfluenceArgs.of(method="cg", params=["head", "body.norm"], damping=0.1, scale=3.0, seed=4, curvature="hessian")
     assert InfluenceArgs.from_dict(args.to_dict()) == args
     with pytest.raises(ValueError, match=r"`influence\.depth`: 0 is less than the minimum of 1"):
-        InfluenceArgs(depth=0)
+        InfluenceArgs.of(depth=0)
     with pytest.raises(ValueError, match=r"influence\.scale"):
-        InfluenceArgs(scale="big")
+        InfluenceArgs.of(scale="big")
     with pytest.raises(ValueError, match=r"influence\.safety_factor"):
-        InfluenceArgs(safety_factor=0.5)
+        InfluenceArgs.of(safety_factor=0.5)
     with pytest.raises(ValueError, match=r"influence\.params"):
-        InfluenceArgs(params="last_layers:0")
+        InfluenceArgs.of(params="last_layers:0")
     with pytest.raises(ValueError, match=r"unknown key 'dampnig' \(did you mean 'damping'\?\) in `influence`"):
         InfluenceArgs.from_dict({"dampnig": 0.1})
     with pytest.raises(ValueError, match=r"influence\.hvp_mode"):
         InfluenceArgs.from_dict({"hvp_mode": "fd"})
     with pytest.raises(ValueError, match=r"`influence\.curvature`: 'fisher' is not allowed; allowed values: 'hessian', 'gauss_newton'"):
-        InfluenceArgs(curvature="fisher")
-    defaults = InfluenceArgs()
+        InfluenceArgs.of(curvature="fisher")
+    defaults = InfluenceArgs.of()
     assert (defaults.method, defaults.curvature) == ("cg", "gauss_newton")  # the default is decided in docs/validation.md
+
+
+def test_the_one_squared_error_is_torch_mse_per_sample_in_the_prediction_dtype():
+    pred = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    labels = torch.tensor([1.0, 1.0, 2.0])
+    loss = squared_error(pred, labels)
+    assert loss.dtype == torch.float64
+    assert torch.equal(loss, torch.nn.functional.mse_loss(pred, labels.double(), reduction="none"))
+
+
+def test_options_are_grouped_by_phase_and_the_config_keys_stay_flat():
+    """A config section's flat keys land in their phase; the saved JSON has the config's keys again; the workflow's
+    target is not an option; every option of the schema has exactly one phase."""
+    args = InfluenceArgs.from_dict({"method": "lissa", "depth": 7, "tolerance": 1e-4, "cg_tolerance": 1e-2,
+                                    "spectrum_samples": 9, "score_batch_size": 5, "topk": 3, "target": "test"})
+    assert args == InfluenceArgs(method="lissa", lissa=LissaArgs(depth=7, tolerance=1e-4), cg=CGArgs(tolerance=1e-2),
+                                 spectrum=SpectrumArgs(samples=9), scoring=ScoringArgs(batch_size=5, topk=3))
+    assert "target" not in args.to_dict() and args.to_dict()["depth"] == 7 and args.to_dict()["cg_tolerance"] == 1e-2
+    schema_options = set(section_schema("influence")["properties"]) - set(WORKFLOW_KEYS)
+    assert set(option_keys()) == schema_options == set(args.to_dict())
+    assert option_keys()["tolerance"] == "lissa" and option_keys()["cg_tolerance"] == "cg"
+    with pytest.raises(ConfigError, match=r"`influence\.cg_iters`: 0 is less than the minimum of 1"):
+        CGArgs(iters=0)
+
+
+def test_each_rule_hashes_every_option_that_can_change_its_outputs():
+    """The rules' params come from influence_options: never the target (an input file), and only what the rule's
+    computation cannot read is left out."""
+    section = {**InfluenceArgs().to_dict(), "target": "validation"}
+    ihvp = influence_options("influence_ihvp", section)
+    assert set(section) - set(ihvp) == {"target", "score_batch_size"}
+    assert set(section) - set(influence_options("validate_convex", section)) == {"target", "params"}
+    assert set(section) - set(influence_options("validate_estimators", section)) == {"target"}
+    assert InfluenceArgs.from_dict(ihvp).to_dict() == {**InfluenceArgs().to_dict(), **ihvp}
+    with pytest.raises(KeyError, match="influence_scorez"):
+        influence_options("influence_scorez", section)
 
 
 def test_select_params_specs_and_errors():
@@ -238,7 +282,7 @@ def tiny_exact(tiny_molformer):
     obj = SubsetObjective(model, SUBSET, torch.float64)
     assert obj.numel <= 2000
     v = loss_gradient(obj, val)
-    ref = compute_ihvp(model, train, val, InfluenceArgs(method="exact", params=SUBSET, curvature="hessian"), progress=False)
+    ref = compute_ihvp(model, train, val, InfluenceArgs.of(method="exact", params=SUBSET, curvature="hessian"), progress=False)
     return obj, v, ref
 
 
@@ -256,28 +300,28 @@ def test_molformer_hvp_matches_finite_differences(tiny_molformer, tiny_exact, mo
 def test_lissa_full_batch_matches_exact_with_auto_scale_and_default_damping(tiny_molformer, tiny_exact):
     model, train, val, _ = tiny_molformer
     obj, v, _ = tiny_exact
-    args = InfluenceArgs(method="lissa", curvature="hessian", params=SUBSET, batch_size=len(train), repeats=1)
-    assert args.damping == InfluenceArgs().damping and args.scale == "auto"
+    args = InfluenceArgs.of(method="lissa", curvature="hessian", params=SUBSET, batch_size=len(train), repeats=1)
+    assert args.damping == InfluenceArgs.of().damping and args.lissa.scale == "auto"
     result = compute_ihvp(model, train, val, args, progress=False)
     stats = result.stats
-    assert stats["converged"] and stats["steps"][0] < args.depth
+    assert stats["converged"] and stats["steps"][0] < args.lissa.depth
     # Same absolute λ for the reference: this compares solvers, not the two λ_max(H) estimates.
     reference = exact(obj, train, v, stats["lambda"]).x
     assert rel(obj.flatten(result.ihvp), reference) <= 1e-2
-    assert stats["scale"] == pytest.approx(args.safety_factor * stats["lambda_max_A"])
+    assert stats["scale"] == pytest.approx(args.lissa.safety_factor * stats["lambda_max_A"])
     assert stats["error_estimate"] <= 2e-2 and stats["relative_residual"] < 1e-2
 
 
 def test_lissa_mini_batches_and_cg_match_exact(tiny_molformer, tiny_exact):
     model, train, val, _ = tiny_molformer
     obj, v, _ = tiny_exact
-    args = InfluenceArgs(method="lissa", curvature="hessian", params=SUBSET, batch_size=16, repeats=2, depth=600, seed=1)
+    args = InfluenceArgs.of(method="lissa", curvature="hessian", params=SUBSET, batch_size=16, repeats=2, depth=600, seed=1)
     result = compute_ihvp(model, train, val, args, progress=False)
     assert not result.stats["full_batch"] and len(result.stats["repeat_norms"]) == 2
     assert rel(obj.flatten(result.ihvp), exact(obj, train, v, result.stats["lambda"]).x) <= 3e-2
     assert 0 <= result.stats["repeat_norm_spread"] < 0.05
 
-    result = compute_ihvp(model, train, val, InfluenceArgs(method="cg", curvature="hessian", params=SUBSET, cg_tolerance=1e-5, cg_iters=500), progress=False)
+    result = compute_ihvp(model, train, val, InfluenceArgs.of(method="cg", curvature="hessian", params=SUBSET, cg_tolerance=1e-5, cg_iters=500), progress=False)
     assert result.stats["converged"]
     assert rel(obj.flatten(result.ihvp), exact(obj, train, v, result.stats["lambda"]).x) <= 1e-4
 
@@ -313,7 +357,7 @@ def test_batched_scores_equal_the_batch1_loop_and_are_not_the_identity_order(tin
 
 def test_too_small_scale_is_reported_as_divergence(toy):
     model, train, val, _ = toy
-    args = InfluenceArgs(method="lissa", params="last_layers:1", scale=1e-3, batch_size=len(train), repeats=1)
+    args = InfluenceArgs.of(method="lissa", params="last_layers:1", scale=1e-3, batch_size=len(train), repeats=1)
     with pytest.raises(InfluenceDivergence, match=r"LiSSA diverged.*influence\.scale"):
         compute_ihvp(model, train, val, args, progress=False)
 
@@ -334,13 +378,13 @@ class Indefinite(nn.Module):
 def test_negative_curvature_is_reported_with_a_damping_that_works(method):
     model = Indefinite()
     data = Batch(torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long), torch.ones(4, dtype=torch.float64))
-    args = InfluenceArgs(method=method, curvature="hessian", params=["theta"], damping=0.01, dtype="float64")
+    args = InfluenceArgs.of(method=method, curvature="hessian", params=["theta"], damping=0.01, dtype="float64")
     with pytest.raises(NegativeCurvature, match=r"influence\.damping > 0\.25") as info:
         compute_ihvp(model, data, data, args, progress=False)
     # λ_min(H) = −2, λ_max(H) = 8: any relative damping above 0.25 makes H + λI positive definite.
     assert info.value.suggested_damping == pytest.approx(0.5)
     assert info.value.lambda_min_H == pytest.approx(-2.0, rel=1e-6)
-    fixed = compute_ihvp(model, data, data, InfluenceArgs(method=method, curvature="hessian", params=["theta"], damping=0.5,
+    fixed = compute_ihvp(model, data, data, InfluenceArgs.of(method=method, curvature="hessian", params=["theta"], damping=0.5,
                                                          dtype="float64", batch_size=4, tolerance=1e-9,
                                                          cg_tolerance=1e-9), progress=False)
     # v = ∇L = (−4, 0): s = (H + 4I)⁻¹ v = (−1/3, 0)
@@ -353,16 +397,16 @@ def test_negative_curvature_missed_by_power_iteration_is_diagnosed_when_lissa_di
     obj = SubsetObjective(model, "theta")
     v = loss_gradient(obj, data) + torch.tensor([0.0, 1e-3], dtype=torch.float64)  # a component along the bad direction
     wrong = EigenEstimate(top=8.0, bottom=0.5, iterations=1)  # as if power iteration had missed λ_min(H) = −2
-    args = InfluenceArgs(method="lissa", curvature="hessian", params=["theta"], batch_size=4, repeats=1, damping=0.01)
+    args = InfluenceArgs.of(method="lissa", curvature="hessian", params=["theta"], batch_size=4, repeats=1, damping=0.01)
     op = CurvatureOperator(obj, data, "hessian", "func", 4)
     with pytest.raises(NegativeCurvature, match=r"LiSSA.*curvature -2 .*influence\.damping > 0\.25") as info:
-        lissa(op, v, 0.08, wrong, args)
+        lissa(op, v, 0.08, wrong, args.lissa, args.seed)
     assert info.value.suggested_damping == pytest.approx(0.5)
 
 
 def test_non_finite_scores_raise_instead_of_returning_nan(toy):
     model, train, val, ext = toy
-    result = compute_ihvp(model, train, val, InfluenceArgs(method="cg", params="head"), progress=False)
+    result = compute_ihvp(model, train, val, InfluenceArgs.of(method="cg", params="head"), progress=False)
     result.ihvp = {k: torch.full_like(t, torch.finfo(t.dtype).max) for k, t in result.ihvp.items()}
     with pytest.raises(InfluenceDivergence, match="not finite"):
         score_samples(model, result, ext)
@@ -370,7 +414,7 @@ def test_non_finite_scores_raise_instead_of_returning_nan(toy):
 
 def test_scoring_refuses_a_model_that_does_not_match_the_ihvp(toy):
     model, train, val, ext = toy
-    result = compute_ihvp(model, train, val, InfluenceArgs(method="cg", params="head"), progress=False)
+    result = compute_ihvp(model, train, val, InfluenceArgs.of(method="cg", params="head"), progress=False)
     with pytest.raises(ValueError, match=r"head\.weight.*shape"):
         score_samples(ToyRegressor(hidden=4).double(), result, ext)
 
@@ -383,7 +427,7 @@ class Noisy(ToyRegressor):
 def test_a_random_model_is_refused(toy):
     _, train, val, _ = toy
     with pytest.raises(ValueError, match="deterministic_eval"):
-        compute_ihvp(Noisy().double(), train, val, InfluenceArgs(method="cg", params="head"), progress=False)
+        compute_ihvp(Noisy().double(), train, val, InfluenceArgs.of(method="cg", params="head"), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -422,7 +466,7 @@ def test_scores_predict_the_effect_of_adding_a_sample_to_a_ridge_regression():
     eps = 1e-4
     actual = torch.tensor([(val_loss(ridge(phi["ext"][i], ext.labels[i], eps)) - val_loss(theta)) / eps for i in range(len(ext))])
     for method in ("exact", "lissa", "cg"):
-        args = InfluenceArgs(method=method, params="head", damping=damping, batch_size=n, repeats=1, dtype="float64",
+        args = InfluenceArgs.of(method=method, params="head", damping=damping, batch_size=n, repeats=1, dtype="float64",
                              curvature="hessian")
         result = compute_ihvp(model, train, val, args, progress=False)
         assert result.stats["lambda"] == pytest.approx(lam, rel=1e-3)
@@ -439,19 +483,19 @@ def test_scores_predict_the_effect_of_adding_a_sample_to_a_ridge_regression():
 
 def test_same_seed_gives_bit_identical_ihvp_and_scores(toy):
     model, train, val, ext = toy
-    args = InfluenceArgs(method="lissa", curvature="hessian", params="last_layers:1", batch_size=8, repeats=2, depth=60,
+    args = InfluenceArgs.of(method="lissa", curvature="hessian", params="last_layers:1", batch_size=8, repeats=2, depth=60,
                          seed=3, dtype="float32")
     first, second = (compute_ihvp(model, train, val, args, progress=False) for _ in range(2))
     for name in first.ihvp:
         assert torch.equal(first.ihvp[name], second.ihvp[name]), name
     assert torch.equal(score_samples(model, first, ext), score_samples(model, second, ext))
-    other = compute_ihvp(model, train, val, InfluenceArgs(**{**args.to_dict(), "seed": 4}), progress=False)
+    other = compute_ihvp(model, train, val, InfluenceArgs.of(**{**args.to_dict(), "seed": 4}), progress=False)
     assert not torch.equal(other.ihvp["head.weight"], first.ihvp["head.weight"])  # the seed is actually used
 
 
 def test_save_and_load_round_trip_with_weights_only(tmp_path, toy):
     model, train, val, _ = toy
-    result = compute_ihvp(model, train, val, InfluenceArgs(method="cg", params="last_layers:1"), progress=False)
+    result = compute_ihvp(model, train, val, InfluenceArgs.of(method="cg", params="last_layers:1"), progress=False)
     path = save_ihvp(result, tmp_path / "ihvp.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ihvp.pt"]  # no temporary file left behind
     raw = torch.load(path, weights_only=True)
@@ -525,16 +569,16 @@ def test_lanczos_finds_both_ends_of_a_spectrum_dominated_by_negative_curvature()
     assert eigs.top == pytest.approx(float(dense[-1]), rel=0.05)
     assert eigs.bottom == pytest.approx(float(dense[0]), rel=0.05)
     with pytest.raises(NegativeCurvature, match=r"influence\.damping > 2\.5") as info:
-        compute_ihvp(model, data, data, InfluenceArgs(curvature="hessian", dtype="float64"), progress=False)
+        compute_ihvp(model, data, data, InfluenceArgs.of(curvature="hessian", dtype="float64"), progress=False)
     assert info.value.suggested_damping == pytest.approx(5.0)  # 2 × 20/8, from the correct λ_max = 8
     # The Gauss–Newton matrix of the same model is positive semi-definite: LiSSA and CG on it never meet negative
     # curvature and agree with the dense solve.
     for method in ("lissa", "cg"):
-        args = InfluenceArgs(method=method, dtype="float64", batch_size=5, tolerance=1e-10, cg_tolerance=1e-10)
+        args = InfluenceArgs.of(method=method, dtype="float64", batch_size=5, tolerance=1e-10, cg_tolerance=1e-10)
         result = compute_ihvp(model, data, data, args, progress=False)
         reference = exact(obj, data, loss_gradient(obj, data), result.stats["lambda"], curvature="gauss_newton").x
         assert rel(obj.flatten(result.ihvp), reference) < 1e-6, method
-        assert result.stats["lambda_min_H"] >= -1e-9
+        assert result.stats["lambda_min_C"] >= -1e-9
 
 
 def _score_error(model, ihvp, reference, ext) -> float:
@@ -548,7 +592,7 @@ def test_default_estimator_scores_are_within_2_percent_of_exact(which, request):
     system at the same λ, compared where they are used: the external scores."""
     model, train, val, ext = request.getfixturevalue(which)
     params = "all" if which == "toy" else SUBSET
-    result = compute_ihvp(model, train, val, InfluenceArgs(params=params), progress=False)
+    result = compute_ihvp(model, train, val, InfluenceArgs.of(params=params), progress=False)
     st = result.stats
     assert (st["method"], st["curvature"]) == ("cg", "gauss_newton")
     obj = SubsetObjective(model, params, torch.float64)
@@ -563,8 +607,8 @@ def test_chunk_size_bounds_memory_not_the_result_and_cost_is_counted(toy):
     leaves the result unchanged; hvp_full_equivalents counts the products in full-split units."""
     model, train, val, _ = toy
     base = dict(method="lissa", params="last_layers:1", batch_size=8, repeats=2, depth=40, seed=1, dtype="float64")
-    a = compute_ihvp(model, train, val, InfluenceArgs(**base, chunk_size=3), progress=False)
-    b = compute_ihvp(model, train, val, InfluenceArgs(**base, chunk_size=64), progress=False)
+    a = compute_ihvp(model, train, val, InfluenceArgs.of(**base, chunk_size=3), progress=False)
+    b = compute_ihvp(model, train, val, InfluenceArgs.of(**base, chunk_size=64), progress=False)
     for name in a.ihvp:
         torch.testing.assert_close(a.ihvp[name], b.ihvp[name], rtol=1e-9, atol=1e-12)
     st = a.stats
@@ -573,7 +617,7 @@ def test_chunk_size_bounds_memory_not_the_result_and_cost_is_counted(toy):
     assert st["hvp_full_equivalents"] == pytest.approx(spectrum + sum(st["steps"]) * 8 / n + 1)  # + the residual
     stab = st["topk_stability"]
     assert stab["k"] >= 1 and 0.0 <= stab["overlap_min"] <= stab["overlap_mean"] <= 1.0
-    cg_run = compute_ihvp(model, train, val, InfluenceArgs(params="last_layers:1", spectrum_samples=10), progress=False)
+    cg_run = compute_ihvp(model, train, val, InfluenceArgs.of(params="last_layers:1", spectrum_samples=10), progress=False)
     assert cg_run.stats["spectrum_rows"] == 10  # a seeded subsample for the spectrum of a large split
     assert cg_run.stats["hvp_full_equivalents"] == pytest.approx(
         cg_run.stats["spectrum_iterations"] * 10 / n + cg_run.stats["steps"][0] + 1)
@@ -593,20 +637,65 @@ def test_ekfac_is_exact_for_a_single_linear_output_layer_and_writes_the_same_fil
     model32 = ToyRegressor().float()
     model32.load_state_dict({k: t.float() for k, t in model.state_dict().items()})
     train32, val32, ext32 = (Batch(b.input_ids, b.attention_mask, b.labels.float(), name=b.name) for b in (train, val, ext))
-    head = compute_ihvp(model32, train32, val32, InfluenceArgs(method="ekfac", params="head"), progress=False)
+    head = compute_ihvp(model32, train32, val32, InfluenceArgs.of(method="ekfac", params="head"), progress=False)
     assert head.param_names == ["head.weight", "head.bias"] and "EK-FAC" in head.stats["holds"]
-    reference = compute_ihvp(model32, train32, val32, InfluenceArgs(method="exact", params="head"), progress=False)
+    reference = compute_ihvp(model32, train32, val32, InfluenceArgs.of(method="exact", params="head"), progress=False)
     assert head.stats["lambda"] == pytest.approx(reference.stats["lambda"], rel=1e-3)
     assert _score_error(model32, head, reference, ext32) < 1e-4
     assert head.stats["relative_residual"] < 1e-4
 
-    every = compute_ihvp(model32, train32, val32, InfluenceArgs(method="ekfac"), progress=False)
+    every = compute_ihvp(model32, train32, val32, InfluenceArgs.of(method="ekfac"), progress=False)
     assert every.stats["ekfac_modules"] == ["body.blocks.0.dense", "body.blocks.1.dense", "head"]
     assert every.param_names == [f"{m}.{p}" for m in every.stats["ekfac_modules"] for p in ("weight", "bias")]
     assert every.stats["hvp_full_equivalents"] > 0 and math.isfinite(every.stats["relative_residual"])
-    again = compute_ihvp(model32, train32, val32, InfluenceArgs(method="ekfac"), progress=False)
+    again = compute_ihvp(model32, train32, val32, InfluenceArgs.of(method="ekfac"), progress=False)
     assert all(torch.equal(every.ihvp[k], again.ihvp[k]) for k in every.ihvp)
     scores = score_samples(model32, load_ihvp(save_ihvp(every, tmp_path / "ekfac.pt")), ext32)
     assert bool(torch.isfinite(scores).all()) and len(torch.unique(scores)) == len(ext32)
     with pytest.raises(ValueError, match=r"ekfac.*nn\.Linear.*influence\.params"):
-        compute_ihvp(model32, train32, val32, InfluenceArgs(method="ekfac", params=["body.norm"]), progress=False)
+        compute_ihvp(model32, train32, val32, InfluenceArgs.of(method="ekfac", params=["body.norm"]), progress=False)
+
+
+def test_ekfac_factors_are_kept_reused_and_precondition_as_kronfluences_public_scores(toy, tmp_path):
+    """EK-FAC goes through kronfluence's public API: factors fitted by Analyzer.fit_all_factors are kept under a name
+    that depends on the model and split, reused by a second run, and the preconditioned s gives the same scores as
+    kronfluence's own public compute_pairwise_scores on those factors (the independent reference of the one product
+    written here), over several Linear modules where EK-FAC is an approximation."""
+    pytest.importorskip("kronfluence")
+    import copy
+
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import ScoreArguments
+
+    from molinfluence.influence.ekfac import RegressionTask, _RowsDataset
+
+    model, train, val, ext = toy
+    model32 = ToyRegressor().float()
+    model32.load_state_dict({k: t.float() for k, t in model.state_dict().items()})
+    train32, val32, ext32 = (Batch(b.input_ids, b.attention_mask, b.labels.float(), name=b.name) for b in (train, val, ext))
+    args = InfluenceArgs.of(method="ekfac", dtype="float64")
+    first = compute_ihvp(model32, train32, val32, args, progress=False, factors_dir=tmp_path)
+    name = first.stats["ekfac_factors"]
+    assert not first.stats["ekfac_factors_reused"] and (tmp_path / "ihvp" / f"factors_{name}").is_dir()
+    again = compute_ihvp(model32, train32, val32, args, progress=False, factors_dir=tmp_path)
+    assert again.stats["ekfac_factors_reused"] and again.stats["ekfac_factors"] == name
+    assert all(torch.equal(first.ihvp[k], again.ihvp[k]) for k in first.ihvp)
+    shifted = {k: t + 0.01 if k == "head.bias" else t for k, t in model32.state_dict().items()}
+    other = ToyRegressor().float()
+    other.load_state_dict(shifted)
+    assert compute_ihvp(other, train32, val32, args, progress=False, factors_dir=tmp_path).stats["ekfac_factors"] != name
+
+    modules = first.stats["ekfac_modules"]
+    work = prepare_model(copy.deepcopy(model32).eval(), RegressionTask(modules, masked=True))
+    analyzer = Analyzer("ihvp", work, RegressionTask(modules, masked=True), cpu=True, disable_tqdm=True,
+                        output_dir=str(tmp_path))
+    score_args = ScoreArguments(damping_factor=first.stats["lambda"], precondition_dtype=torch.float64,
+                                per_sample_gradient_dtype=torch.float64, score_dtype=torch.float64,
+                                aggregate_query_gradients=True)
+    analyzer.compute_pairwise_scores("check", name, _RowsDataset(val32), _RowsDataset(ext32),
+                                     per_device_query_batch_size=len(val32), per_device_train_batch_size=len(ext32),
+                                     score_args=score_args)
+    theirs = analyzer.load_pairwise_scores("check")["all_modules"].reshape(-1).double()
+    # kronfluence: Σ_q ∇ℓ(q)ᵀ P ∇ℓ(z) over the query (target) rows; ours: −sᵀ∇ℓ(z) with s = P v, v their mean.
+    ours = score_samples(model32, first, ext32).double()
+    assert torch.allclose(ours, -theirs / len(val32), rtol=1e-4, atol=1e-7 * float(theirs.abs().max()))

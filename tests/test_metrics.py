@@ -12,7 +12,15 @@ from scipy import stats
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from molinfluence.grid import Condition
-from molinfluence.metrics import RUN_COLUMNS, markdown_table, per_run_table, regression_metrics, summarize_runs
+from molinfluence.metrics import (
+    RUN_COLUMNS,
+    correlation_defined,
+    markdown_table,
+    per_run_table,
+    regression_metrics,
+    summarize_runs,
+    topk_overlap,
+)
 
 
 def make_runs(
@@ -333,3 +341,24 @@ def test_per_run_table_refuses_a_record_that_contradicts_its_directory_or_lacks_
     old = {key: value for key, value in record.items() if key not in ("strategy", "k")}
     with pytest.raises(ValueError, match="does not record the run's condition"):
         per_run_table(base, {"results/finetune/fresh/random/k20/seed1/metrics.json": old})
+
+
+def test_topk_overlap_counts_shared_most_negative_entries_and_ignores_monotone_rescaling() -> None:
+    """The one top-k overlap (influence repeats and the validation's predicted vs measured effects use it)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=40)
+    assert topk_overlap(a, a, 5) == 1.0
+    assert topk_overlap(a, -a, 5) == 0.0  # the 5 most negative of a are the 5 most positive of -a
+    assert topk_overlap(a, np.exp(a) * 3.0, 7) == 1.0  # only the ranking matters
+    b = a.copy()
+    b[np.argsort(a)[:2]] = 10.0  # push two of a's 4 most negative to the top
+    assert topk_overlap(a, b, 4) == 0.5
+    ties = np.zeros(6)
+    assert topk_overlap(ties, np.arange(6.0), 3) == 1.0  # ties resolve in index order, the same on every call
+
+
+def test_correlation_is_undefined_for_fewer_than_three_pairs_or_a_constant_variable() -> None:
+    assert correlation_defined(np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 2.0]))
+    assert not correlation_defined(np.array([1.0, 2.0]), np.array([2.0, 1.0]))
+    assert not correlation_defined(np.array([1.0, 1.0, 1.0]), np.array([3.0, 1.0, 2.0]))
+    assert not correlation_defined(np.array([1.0, 2.0, 3.0]), np.full(3, 0.5))

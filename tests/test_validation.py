@@ -183,7 +183,7 @@ def test_frozen_feature_head_is_the_model_with_its_encoder_frozen(tiny):
 def convex(tiny):
     """The convex setting with the default estimator (CG on Gauss–Newton, damping 0.01) and two seeds."""
     model, train, target, samples, table = tiny
-    effects, scores, stats_ = convex_reference(model, train, target, samples, InfluenceArgs(), [0, 1], table.ext_index)
+    effects, scores, stats_ = convex_reference(model, train, target, samples, InfluenceArgs.of(), [0, 1], table.ext_index)
     return effects, scores, stats_
 
 

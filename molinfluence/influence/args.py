@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..config import check_fields, from_section, section_schema
+from ..config import ConfigError, check_fields, section_schema
+from ..rule_keys import WORKFLOW_KEYS
 
 MAX_EXACT_PARAMS = 5000
 """Largest parameter subset the dense curvature matrix is built for (5000² float64 = 200 MB)."""
@@ -69,25 +71,40 @@ def negative_curvature(lam_min: float, lam_max: float, damping: float, where: st
 
 
 @dataclass
-class InfluenceArgs:
-    """Options of the influence step (``influence:`` in the config); saved as JSON beside its outputs.
+class SpectrumArgs:
+    """Lanczos phase: ``iters`` steps on a seeded subsample of at most ``samples`` training rows give λ_max and λ_min
+    of C (config keys ``influence.spectrum_iters`` / ``influence.spectrum_samples``); used by ``cg``, ``lissa`` and
+    ``ekfac`` (``exact`` reads the dense spectrum)."""
 
-    ``method``: the estimator (``cg`` default, ``lissa``, ``exact``, ``ekfac``); ``curvature``: the matrix C that
-    replaces H (``gauss_newton`` default: ``G = (2/n) Σ wᵢ JᵢᵀJᵢ``, positive semi-definite; ``hessian``: the full
-    Hessian). ``damping`` is relative to λ_max(C). ``chunk_size`` is the number of rows per forward/backward pass of
-    every full-split product (memory only: it never changes a result beyond rounding); ``batch_size`` is LiSSA's
-    mini-batch. ``depth``/``tolerance``/``patience``/``repeats`` drive LiSSA (``tolerance`` = relative change of the
-    iterate); ``cg_iters``/``cg_tolerance`` drive CG (relative residual). ``spectrum_iters`` Lanczos steps on a seeded
-    subsample of at most ``spectrum_samples`` training rows give λ_max and λ_min of C. ``topk`` is the k of the
-    top-k stability reported for LiSSA's repeats. ``dtype`` applies to ``lissa``/``cg``/``ekfac``; ``exact`` always
-    uses float64. ``score_batch_size`` is the batch size of :func:`score_samples`.
-    """
+    iters: int = 30
+    samples: int = 256
 
-    method: str = "cg"
-    curvature: str = "gauss_newton"
-    params: str | list[str] = "all"
-    target: str = "validation"
-    damping: float = 0.01
+    KEYS = {"iters": "influence.spectrum_iters", "samples": "influence.spectrum_samples"}
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.KEYS)
+
+
+@dataclass
+class CGArgs:
+    """Conjugate-gradient phase: at most ``iters`` full-split products, stopped at relative residual ``tolerance``
+    (config keys ``influence.cg_iters`` / ``influence.cg_tolerance``)."""
+
+    iters: int = 14
+    tolerance: float = 1e-3
+
+    KEYS = {"iters": "influence.cg_iters", "tolerance": "influence.cg_tolerance"}
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.KEYS)
+
+
+@dataclass
+class LissaArgs:
+    """LiSSA phase: ``repeats`` recursions of at most ``depth`` steps on mini-batches of ``batch_size`` rows, each
+    stopped when the relative change of the iterate stays below ``tolerance`` for ``patience`` steps; scale σ is
+    ``safety_factor × λ̂_max(C + λI)`` for ``scale: auto`` (config keys ``influence.<field>``, the same names)."""
+
     scale: str | float = "auto"
     safety_factor: float = 1.5
     depth: int = 1000
@@ -95,32 +112,113 @@ class InfluenceArgs:
     batch_size: int = 32
     tolerance: float = 5e-5
     patience: int = 10
-    cg_iters: int = 14
-    cg_tolerance: float = 1e-3
-    chunk_size: int = 32
-    spectrum_iters: int = 30
-    spectrum_samples: int = 256
+
+    KEYS = {name: f"influence.{name}" for name in
+            ("scale", "safety_factor", "depth", "repeats", "batch_size", "tolerance", "patience")}
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.KEYS)
+
+
+@dataclass
+class ScoringArgs:
+    """Scoring phase: ``batch_size`` rows per batch of :func:`score_samples` (config key
+    ``influence.score_batch_size``; memory only) and the k of the top-k stability reported for LiSSA's repeats
+    (``influence.topk``)."""
+
+    batch_size: int = 64
     topk: int = 20
-    seed: int = 0
+
+    KEYS = {"batch_size": "influence.score_batch_size", "topk": "influence.topk"}
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.KEYS)
+
+
+PHASES: dict[str, type] = {"spectrum": SpectrumArgs, "cg": CGArgs, "lissa": LissaArgs, "scoring": ScoringArgs}
+"""The options of each phase, by the name of their field in :class:`InfluenceArgs`."""
+
+@dataclass
+class InfluenceArgs:
+    """Options of the influence step (``influence:`` in the config), grouped by phase; saved as JSON beside its
+    outputs (flat, under the config's keys: :meth:`to_dict`).
+
+    Shared by every phase: ``method``: the estimator (``cg`` default, ``lissa``, ``exact``, ``ekfac``);
+    ``curvature``: the matrix C that replaces H (``gauss_newton`` default: ``G = (2/n) Σ wᵢ JᵢᵀJᵢ``, positive
+    semi-definite; ``hessian``: the full Hessian); ``params``: the parameter subset; ``damping``: relative to
+    λ_max(C); ``dtype`` (``lissa``/``cg``/``ekfac``; ``exact`` always uses float64); ``hvp_mode``; ``chunk_size``:
+    rows per forward/backward pass of every full-split product (memory only: it never changes a result beyond
+    rounding); ``seed``. Per phase: :class:`SpectrumArgs` (Lanczos), :class:`CGArgs`, :class:`LissaArgs`,
+    :class:`ScoringArgs`. The workflow's ``influence.target`` is not an option here (:data:`WORKFLOW_KEYS`).
+    """
+
+    method: str = "cg"
+    curvature: str = "gauss_newton"
+    params: str | list[str] = "all"
+    damping: float = 0.01
     dtype: str = "float32"
     hvp_mode: str = "double_backward"
-    score_batch_size: int = 64
+    chunk_size: int = 32
+    seed: int = 0
+    spectrum: SpectrumArgs = field(default_factory=SpectrumArgs)
+    cg: CGArgs = field(default_factory=CGArgs)
+    lissa: LissaArgs = field(default_factory=LissaArgs)
+    scoring: ScoringArgs = field(default_factory=ScoringArgs)
+
+    SHARED = ("method", "curvature", "params", "damping", "dtype", "hvp_mode", "chunk_size", "seed")
+    KEYS = {name: f"influence.{name}" for name in SHARED}
 
     def __post_init__(self) -> None:
         if isinstance(self.params, tuple):
             self.params = list(self.params)
-        check_fields(self, {f.name: f"influence.{f.name}" for f in fields(self)})
+        check_fields(self, self.KEYS)
+        for name, cls in PHASES.items():
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"InfluenceArgs.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (round-trips through :meth:`from_dict`)."""
-        return asdict(self)
+        """Plain JSON-able dict under the config's flat keys (round-trips through :meth:`from_dict`)."""
+        flat = {name: getattr(self, name) for name in self.SHARED}
+        for phase, cls in PHASES.items():
+            options = getattr(self, phase)
+            flat.update({key.removeprefix("influence."): getattr(options, name) for name, key in cls.KEYS.items()})
+        return flat
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InfluenceArgs:
-        """Build from a config section; unknown keys are errors (a typo must not fall back to a default)."""
-        return from_section(cls, d, "influence")
+        """Build from the config section (its flat keys); unknown keys are errors (a typo must not fall back to a
+        default). The workflow's keys (:data:`WORKFLOW_KEYS`) are accepted and left out."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"config key `influence` must be a mapping of options, got {type(d).__name__}")
+        values = {k: v for k, v in d.items() if k not in WORKFLOW_KEYS}
+        known = list(option_keys())
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config: unknown key {unknown[0]!r}{hint} in `influence`; allowed keys: {', '.join(known)}")
+        groups = {
+            phase: phase_cls(**{name: values.pop(key.removeprefix("influence."))
+                                for name, key in phase_cls.KEYS.items() if key.removeprefix("influence.") in values})
+            for phase, phase_cls in PHASES.items()
+        }
+        return cls(**values, **groups)
+
+    @classmethod
+    def of(cls, **flat: Any) -> InfluenceArgs:
+        """``InfluenceArgs.of(method="lissa", depth=200)``: :meth:`from_dict` with keyword arguments."""
+        return cls.from_dict(flat)
 
     @property
     def torch_dtype(self) -> torch.dtype:
         """The dtype the solver works in (float64 for ``exact`` whatever ``dtype`` says)."""
         return torch.float64 if self.method == "exact" else DTYPES[self.dtype]
+
+
+def option_keys() -> dict[str, str]:
+    """Every option's config key (``influence.<key>``, without the prefix) -> its phase (``shared``, ``spectrum``,
+    ``cg``, ``lissa``, ``scoring``)."""
+    keys = {name: "shared" for name in InfluenceArgs.SHARED}
+    for phase, cls in PHASES.items():
+        keys.update({key.removeprefix("influence."): phase for key in cls.KEYS.values()})
+    return keys

@@ -10,6 +10,7 @@ one product over the whole training split (the spectrum's products on a subsampl
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from scipy import stats as sstats
 from torch import nn
 
+from ..metrics import correlation_defined, topk_overlap
 from .args import InfluenceArgs, InfluenceDivergence
 from .curvature import CurvatureOperator, exact_curvature
 from .io import IHVPResult
@@ -70,11 +72,10 @@ def topk_stability(
     overlaps, spearman = [], []
     for a in range(len(scores)):
         for b in range(a + 1, len(scores)):
-            top_a = set(torch.argsort(scores[a])[:k].tolist())
-            top_b = set(torch.argsort(scores[b])[:k].tolist())
-            overlaps.append(len(top_a & top_b) / k)
-            if float(scores[a].std()) > 0 and float(scores[b].std()) > 0:
-                spearman.append(float(sstats.spearmanr(scores[a].numpy(), scores[b].numpy()).statistic))
+            x, y = scores[a].numpy(), scores[b].numpy()
+            overlaps.append(topk_overlap(x, y, k))
+            if correlation_defined(x, y):
+                spearman.append(float(sstats.spearmanr(x, y).statistic))
     return {
         "probe": f"{len(probe)} seeded training rows scored with each repeat's estimate",
         "k": k,
@@ -95,12 +96,14 @@ PROBE_ROWS = 256
 
 
 def compute_ihvp(
-    model: nn.Module, train: Rows, target: Rows, args: InfluenceArgs | Mapping[str, Any], progress: bool = True
+    model: nn.Module, train: Rows, target: Rows, args: InfluenceArgs | Mapping[str, Any], progress: bool = True,
+    factors_dir: str | os.PathLike[str] | None = None,
 ) -> IHVPResult:
     """``s = (C + λI)⁻¹ ∇θ L_target`` for the trained ``model`` (see :mod:`molinfluence.influence`).
 
     ``train`` defines C (the model's training split), ``target`` defines v (validation by default). The model is put
-    in eval mode for the computation and restored afterwards; its parameters are not modified.
+    in eval mode for the computation and restored afterwards; its parameters are not modified. ``factors_dir``
+    (``ekfac`` only) keeps kronfluence's fitted factors, named after what they were fitted on, for reuse.
     """
     if not isinstance(args, InfluenceArgs):
         args = InfluenceArgs.from_dict(args)
@@ -132,26 +135,26 @@ def compute_ihvp(
         elif args.method == "ekfac":
             from .ekfac import ekfac_ihvp  # kronfluence is imported only when EK-FAC is asked for
 
-            result, eigs, names, extra, products = ekfac_ihvp(model, obj, train, v, args, progress)
+            result, eigs, names, extra, products = ekfac_ihvp(model, obj, train, v, args, progress, factors_dir)
             lam = eigs.absolute_damping(args.damping)
             spectrum = eigs.to_dict(args.damping)
             op.rows += round(products * len(train))
         else:
-            eigs = estimate_spectrum(op, train, obj.numel, obj.theta0, args.spectrum_iters, args.spectrum_samples,
+            eigs = estimate_spectrum(op, train, obj.numel, obj.theta0, args.spectrum.iters, args.spectrum.samples,
                                      args.seed, progress)
             eigs.check(args.damping)
             lam = eigs.absolute_damping(args.damping)
             spectrum = eigs.to_dict(args.damping)
             v = v.to(obj.device, obj.dtype)
             if args.method == "lissa":
-                result = lissa(op, v, lam, eigs, args, progress)
+                result = lissa(op, v, lam, eigs, args.lissa, args.seed, progress)
             else:
-                result = cg(op, v, lam, args.cg_iters, args.cg_tolerance, eigs.top, args.damping, progress)
+                result = cg(op, v, lam, args.cg.iters, args.cg.tolerance, eigs.top, args.damping, progress)
             names = obj.names
         stability = None
         if len(result.repeats) > 1:
             probe = _probe_rows(train, PROBE_ROWS, args.seed)
-            stability = topk_stability(obj, result.repeats, probe, args.topk, args.score_batch_size)
+            stability = topk_stability(obj, result.repeats, probe, args.scoring.topk, args.scoring.batch_size)
             other += len(result.repeats) * len(probe) / len(train)
         train_loss = split_loss(obj, train, args.chunk_size)
         target_loss = split_loss(obj, target, args.chunk_size)
@@ -163,7 +166,7 @@ def compute_ihvp(
         "curvature": "gauss_newton (EK-FAC)" if args.method == "ekfac" else args.curvature,
         "holds": holds(args.method, args.curvature),
         "params": args.params,
-        "target": args.target,
+        "target": target.name,
         "n_params": int(x.numel()),
         "n_train": len(train),
         "n_target": len(target),

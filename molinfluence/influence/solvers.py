@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .args import DIVERGENCE_FACTOR, InfluenceArgs, InfluenceDivergence, negative_curvature
+from .args import DIVERGENCE_FACTOR, LissaArgs, InfluenceDivergence, negative_curvature
 from .curvature import CurvatureOperator
 from .spectrum import EigenEstimate
 
@@ -49,7 +49,7 @@ def relative_residual(op: CurvatureOperator, v: torch.Tensor, x: torch.Tensor, l
     return float((v - op(x) - lam * x).norm() / v.norm())
 
 
-def resolve_scale(args: InfluenceArgs, eigs: EigenEstimate, lam: float) -> float:
+def resolve_scale(args: LissaArgs, eigs: EigenEstimate, lam: float) -> float:
     """LiSSA's σ: ``safety_factor × λ̂_max(C + λI)`` for ``scale: auto``, else the given number."""
     return args.safety_factor * (eigs.top + lam) if args.scale == "auto" else float(args.scale)
 
@@ -73,12 +73,13 @@ def _lissa_divergence(
 
 
 def lissa(
-    op: CurvatureOperator, v: torch.Tensor, lam: float, eigs: EigenEstimate, args: InfluenceArgs, progress: bool = False
+    op: CurvatureOperator, v: torch.Tensor, lam: float, eigs: EigenEstimate, args: LissaArgs, seed: int,
+    progress: bool = False
 ) -> SolveResult:
     """LiSSA for ``(C + λI)⁻¹ v`` with absolute damping ``lam`` (module docstring).
 
     Mini-batches of ``args.batch_size`` rows are drawn without replacement from a permutation of the training split
-    (seeded by ``args.seed``, reshuffled when exhausted); ``batch_size ≥ n`` uses the full split every step.
+    (seeded by ``seed``, reshuffled when exhausted); ``batch_size ≥ n`` uses the full split every step.
     """
     if eigs.top <= 0 or eigs.bottom + lam <= 0:
         raise negative_curvature(eigs.bottom, eigs.top, lam / eigs.top if eigs.top > 0 else 0.0, "the spectrum estimate")
@@ -87,7 +88,7 @@ def lissa(
     floor = min(x for x in (lam, eigs.bottom + lam) if x > 0)  # a lower bound on λ_min(C + λI) as far as we know
     bound = DIVERGENCE_FACTOR * scale * float(v.norm()) / floor
     n, full = len(train), args.batch_size >= len(train)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(seed)
     log_every = max(1, args.depth // _MAX_TRACE_POINTS)
     estimates: list[torch.Tensor] = []
     repeats: list[dict[str, Any]] = []
@@ -229,8 +230,8 @@ def dense_solve(matrix: torch.Tensor, v: torch.Tensor, lam: float) -> SolveResul
         x=x,
         repeats=[x],
         stats={
-            "lambda_max_H": lam_max,
-            "lambda_min_H": lam_min,
+            "lambda_max_C": lam_max,
+            "lambda_min_C": lam_min,
             "lambda_max_A": lam_max + lam,
             "lambda_min_A": lam_min + lam,
             "condition_number_A": (lam_max + lam) / (lam_min + lam),

@@ -56,8 +56,8 @@ class EigenEstimate:
         """JSON-able summary for relative ``damping``."""
         lam = self.absolute_damping(damping)
         return {
-            "lambda_max_H": self.top,
-            "lambda_min_H": self.bottom,
+            "lambda_max_C": self.top,
+            "lambda_min_C": self.bottom,
             "lambda_max_A": self.top + lam,
             "lambda_min_A": self.bottom + lam,
             "condition_number_A": (self.top + lam) / (self.bottom + lam) if self.bottom + lam > 0 else None,

@@ -26,6 +26,7 @@ from torch.func import functional_call, grad
 
 # The split containers live below the engine (molinfluence.batch) so that training and evaluation pass the same ones.
 from ..batch import Batch, FeatureBatch, Rows  # noqa: E402  (re-exported: molinfluence.influence.Batch)
+from ..loss import squared_error  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -156,7 +157,7 @@ class SubsetObjective:
 
     def loss_sum(self, theta: torch.Tensor, chunk: Rows) -> torch.Tensor:
         """``Σ wᵢ (f(zᵢ) − yᵢ)²`` over ``chunk`` (divide by the split size for the mean loss)."""
-        per_sample = (self.predict(theta, chunk) - self.labels(chunk)).square()
+        per_sample = squared_error(self.predict(theta, chunk), self.labels(chunk))
         w = self.weights(chunk)
         return (per_sample if w is None else per_sample * w).sum()
 

@@ -172,7 +172,7 @@ def convex_reference(
     theta0, _ = problem.solve(theta_base)
     _set_head(frozen.head, theta0)
     at_opt = compute_ihvp(frozen, rows_train, rows_target, args, progress=progress)
-    scores = score_samples(frozen, at_opt, rows_samples, batch_size=args.score_batch_size)
+    scores = score_samples(frozen, at_opt, rows_samples, batch_size=args.scoring.batch_size)
 
     def loss_t(theta: torch.Tensor) -> float:
         return float((problem.predict(theta, x_t) - y_t).square().mean())
@@ -191,7 +191,7 @@ def convex_reference(
             theta_z, rel = problem.solve(start, (x_s[i : i + 1], y_s[i : i + 1], 1.0 / n))
             worst = max(worst, rel)
             rows.append({"ext_index": ext, "seed": int(seed), "target_loss": loss_t(theta_z)})
-    keep = ("method", "damping", "lambda", "lambda_max_H", "lambda_min_H", "condition_number_A", "converged",
+    keep = ("method", "damping", "lambda", "lambda_max_C", "lambda_min_C", "condition_number_A", "converged",
             "relative_residual", "error_estimate", "norm", "steps", "train_loss", "target_loss")
     stats = {
         "influence_params": "head",

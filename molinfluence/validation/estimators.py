@@ -41,7 +41,7 @@ def estimator_args(influence: Mapping[str, Any], spec: Mapping[str, Any]) -> Inf
     return InfluenceArgs.from_dict({**influence, **{k: v for k, v in spec.items() if k != "name"}})
 
 
-_STAT_KEYS = ("method", "curvature", "params", "n_params", "damping", "lambda", "lambda_max_H", "lambda_min_H",
+_STAT_KEYS = ("method", "curvature", "params", "n_params", "damping", "lambda", "lambda_max_C", "lambda_min_C",
               "relative_residual", "converged", "hvp_full_equivalents", "topk_stability", "seconds")
 
 
@@ -69,7 +69,7 @@ def compare_estimators(
         except InfluenceDivergence as exc:
             stats[spec["name"]] = {"spec": dict(spec), "refused": str(exc)}
             continue
-        scores = score_samples(model, result, samples, batch_size=args.score_batch_size)
+        scores = score_samples(model, result, samples, batch_size=args.scoring.batch_size)
         rows += [{"estimator": spec["name"], "ext_index": int(e), "score": float(v)} for e, v in zip(ext_index, scores)]
         stats[spec["name"]] = {"spec": dict(spec), **{k: result.stats.get(k) for k in _STAT_KEYS}}
     return pd.DataFrame(rows, columns=["estimator", "ext_index", "score"]), stats

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
+from ..metrics import correlation_defined, topk_overlap
+
 CI_LEVEL = 0.95
 
 PAIR_CHECK = -2
@@ -47,7 +49,7 @@ def correlation_with_ci(
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError("predicted and actual must be finite")
     m = len(x)
-    defined = m >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
+    defined = correlation_defined(x, y)
     point = {
         "pearson": float(sstats.pearsonr(x, y).statistic) if defined else math.nan,
         "spearman": float(sstats.spearmanr(x, y).statistic) if defined else math.nan,
@@ -140,10 +142,6 @@ def summarize_setting(
     return summary, table
 
 
-def _topk(values: np.ndarray, k: int) -> np.ndarray:
-    return np.argsort(values, kind="stable")[:k]
-
-
 def topk_overlap_with_ci(
     predicted: Sequence[float], actual: Sequence[float], k: int, n_boot: int = 2000, seed: int = 0, level: float = CI_LEVEL
 ) -> dict[str, Any]:
@@ -153,9 +151,9 @@ def topk_overlap_with_ci(
     y = np.asarray(actual, dtype=np.float64)
     m = len(x)
     k = max(1, min(int(k), m - 1)) if m > 1 else 1
-    point = len(set(_topk(x, k)) & set(_topk(y, k))) / k
+    point = topk_overlap(x, y, k)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, m, size=(n_boot, m))
-    boot = np.array([len(set(_topk(x[i], k)) & set(_topk(y[i], k))) / k for i in idx])
+    boot = np.array([topk_overlap(x[i], y[i], k) for i in idx])
     alpha = (1.0 - level) / 2.0
     return {"estimate": point, "k": k, "ci": [float(np.quantile(boot, alpha)), float(np.quantile(boot, 1.0 - alpha))]}

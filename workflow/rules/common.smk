@@ -14,6 +14,7 @@ from molinfluence.files import code_hash
 from molinfluence.grid import CONTROLS, PER_SEED, RANKED, SCORED, WILDCARDS, Condition, choice, run_pattern, selection_pattern
 from molinfluence.grid import MODEL_RANKED, NEEDS_IHVP, RECOMMENDED, ranking_pattern
 from molinfluence.grid import grid as grid_of
+from molinfluence.rule_keys import influence_options
 
 try:
     validate_config(config)

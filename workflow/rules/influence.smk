@@ -16,7 +16,7 @@ rule influence_ihvp:
         stats=f"{R}/influence/ihvp_stats.json",
     params:
         py=PY,
-        args=jarg({k: v for k, v in INF.items() if k not in ("target", "score_batch_size")}),
+        args=jarg(influence_options("influence_ihvp", INF)),
         target=TARGET_SPLIT,
         device=config["train"]["device"],
         truncation=TRUNCATION,

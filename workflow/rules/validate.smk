@@ -111,7 +111,7 @@ rule validate_convex:
         **job("validate_convex"),
         base=base_args,
         # the configured estimator and damping; params is replaced by "head" (score_batch_size is used here)
-        influence=jarg({k: v for k, v in INF.items() if k not in ("target", "params")}),
+        influence=jarg(influence_options("validate_convex", INF)),
         seeds=VAL_SEEDS,
     threads: 1
     resources:
@@ -137,7 +137,7 @@ rule validate_estimators:
     params:
         **job("validate_estimators"),
         base=base_args,
-        influence=jarg({k: v for k, v in INF.items() if k != "target"}),
+        influence=jarg(influence_options("validate_estimators", INF)),
         estimators=jarg({"estimators": VAL["estimators"]}),
     threads: 1
     resources:
