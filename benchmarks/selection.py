@@ -2,6 +2,7 @@
 
     python benchmarks/selection.py [--config examples/bed.yaml] [--expensive] [--modes swap,offset] [--seeds 5]
                                    [--ks 100,200] [--selectors residual,knn_agreement] [--csv out.csv]
+                                   [--cache-dir results/bed_cache]
 
 Prints the bed's base test R², per planted mode the oracle margin at each k (adding only clean rows vs random picks
 of the whole pool, paired over fine-tune seeds; p ≥ alpha: the bed cannot judge that mode at that k), and per
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, help="fine-tune seeds (paired)")
     p.add_argument("--selectors", help="comma-separated selector names (default: every cheap one)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--cache-dir", default="results/bed_cache",
+                   help="keep the trained base model here and reuse it (empty string: no cache)")
     p.add_argument("--csv", help="also write the per-(mode, k, arm) table here")
     args = p.parse_args(argv)
 
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["threads"] = args.threads
     cfg = BedConfig.from_dict(settings)
     t0 = time.perf_counter()
-    result = run_bed(cfg, expensive=args.expensive, log=lambda m: print(m, flush=True))
+    result = run_bed(cfg, expensive=args.expensive, cache_dir=args.cache_dir or None,
+                     log=lambda m: print(m, flush=True))
     print()
     print(report(result, cfg))
     if args.csv:

@@ -7,7 +7,7 @@
   tokenizer's vocabulary is built from every shipped molecule, so the base model does not depend on the pool or on the
   corruption mode: one base model per (data seed, model seed) serves every mode.
 - Planted pools (:func:`plant`): a seeded share of the pool is corrupted — ``swap`` (labels permuted among the
-  corrupted rows with no fixed point: every corrupted row gets another corrupted row's label), ``offset`` (± a shift
+  corrupted rows: ranks rotated by half, so every corrupted row gets the label of a row half the distribution away), ``offset`` (± a shift
   of ``offset_sd`` train label SDs, random sign) or ``noise`` (+ N(0, (``noise_sd`` SD)²)). Clean rows are untouched.
 - Effects: each arm adds k pool rows to the training split and fine-tunes (continue from the base model) through the
   project's training function (:func:`fit`, the one wrapper); test MSE is paired over fine-tune seeds with ``random``
@@ -56,11 +56,12 @@ class BedConfig:
     alpha: float = 0.05
     model: dict = field(default_factory=lambda: dict(DEMO_SIZES))
     max_length: int = 202
-    base: dict = field(default_factory=lambda: dict(lr=1e-3, epochs=40, batch_size=32, patience=5))
-    finetune: dict = field(default_factory=lambda: dict(lr=1e-3, epochs=4, batch_size=32, patience=2))
+    base: dict = field(default_factory=lambda: dict(lr=1e-3, epochs=80, batch_size=32, patience=10))
+    finetune: dict = field(default_factory=lambda: dict(lr=1e-3, epochs=4, batch_size=32, patience=4))
     influence: dict = field(default_factory=lambda: dict(method="cg", damping=0.01))
     selectors: Sequence[str] | None = None  # None: every selector except EXPENSIVE
-    threads: int = 1  # one thread: on a shared 2-core machine two threads ran an epoch 5–60× slower
+    threads: int = 1  # per process: on a shared 2-core machine two threads ran an epoch 5–60× slower than one
+    workers: int = 2  # fine-tune processes (spawned); 1 = in this process
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -149,8 +150,11 @@ def plant(pool: pd.DataFrame, mode: str, share: float, seed: int, sd: float, *, 
     if mode == "swap":
         if n_bad < 2:
             raise ValueError("swap needs at least 2 corrupted rows")
-        cycle = rng.permutation(idx)  # one cycle through the corrupted rows: a permutation without fixed points
-        labels[cycle] = labels[np.roll(cycle, 1)]
+        # rank rotation by half: the corrupted row of label rank i gets the label of rank (i + n/2) mod n among the
+        # corrupted rows — a permutation without fixed points that moves every label by about half the distribution
+        # (a random permutation leaves many labels near their own on a narrow label distribution such as ZINC logP)
+        by_label = idx[np.lexsort((idx, labels[idx]))]
+        labels[by_label] = labels[np.roll(by_label, -(n_bad // 2))]
     elif mode == "offset":
         labels[idx] += rng.choice([-1.0, 1.0], n_bad) * offset_sd * sd
     else:
@@ -209,20 +213,83 @@ def held_out_metrics(model, tokenizer, test: pd.DataFrame, cfg) -> dict[str, flo
     return evaluate(model, tokenizer, test, cfg, "cpu")[0]
 
 
-def base_model(cfg: BedConfig, molecules: pd.DataFrame, splits: dict[str, pd.DataFrame]):
-    """(trained base model, tokenizer): a random MoLFormer (``model``, weights seed ``model_seed``) whose vocabulary
-    is every bed molecule (independent of the pool), trained on the train split with the ``base`` recipe."""
+def base_key(cfg: BedConfig) -> str:
+    """What the base model depends on (not the modes, ks, fine-tune seeds or selectors), as a short hash."""
+    import hashlib
+    import json
+
+    keys = ("n_train", "n_validation", "n_test", "pool", "data_seed", "model_seed", "model", "max_length", "base")
+    text = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def untrained_model(cfg: BedConfig, molecules: pd.DataFrame):
+    """(random MoLFormer regressor, tokenizer) before training: same ``cfg``, same weights."""
     from .encoder import random_encoder
     from .regressor import MolformerRegressor
 
     encoder, tokenizer, _ = random_encoder(molecules["smiles"], seed=cfg.model_seed, max_length=cfg.max_length,
                                            **cfg.model)
-    model = MolformerRegressor(encoder)
+    return MolformerRegressor(encoder), tokenizer
+
+
+def base_model(cfg: BedConfig, molecules: pd.DataFrame, splits: dict[str, pd.DataFrame], cache_dir=None):
+    """(trained base model, tokenizer): a random MoLFormer (``model``, weights seed ``model_seed``) whose vocabulary
+    is every bed molecule (independent of the pool), trained on the train split with the ``base`` recipe. With
+    ``cache_dir`` the trained weights are kept there (``base-<base_key>.pt``, loaded with ``weights_only=True``) and
+    reused by later runs with the same base settings; every mode shares the one base model."""
+    from pathlib import Path
+
+    import torch
+
+    from .files import atomic_path
+
+    model, tokenizer = untrained_model(cfg, molecules)
+    cached = Path(cache_dir) / f"base-{base_key(cfg)}.pt" if cache_dir else None
+    if cached is not None and cached.exists():
+        model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+        return model, tokenizer
     fit(model, tokenizer, splits["train"], splits["validation"], train_config(cfg.base, cfg.model_seed, cfg.max_length))
+    if cached is not None:
+        with atomic_path(cached) as tmp:
+            torch.save(model.state_dict(), tmp)
     return model, tokenizer
 
 
 # -- the bed -----------------------------------------------------------------------------------------------------------
+
+_STATE: dict[str, Any] = {}
+"""What a fine-tune worker holds: cfg, splits, train label SD, base model, tokenizer (set by :func:`_start`)."""
+
+
+def _start(cfg_dict: dict[str, Any], state_dict: dict | None = None, model=None, tokenizer=None) -> None:
+    """Prepare this process for :func:`_finetune_task` (a worker rebuilds the base model from its weights)."""
+    import torch
+
+    cfg = BedConfig.from_dict(cfg_dict)
+    torch.set_num_threads(int(cfg.threads))
+    molecules = bed_molecules()
+    splits = split_bed(molecules, cfg)
+    if model is None:
+        model, tokenizer = untrained_model(cfg, molecules)
+        model.load_state_dict(state_dict)
+    _STATE.update(cfg=cfg, splits=splits, sd=float(splits["train"]["label"].std()), model=model, tokenizer=tokenizer)
+
+
+def _finetune_task(mode: str, seed: int, picks: dict[tuple[str, int], np.ndarray]) -> dict[tuple[str, int], float]:
+    """Test MSE after fine-tuning (continue from the base model, fine-tune seed ``seed``) on train + each pick."""
+    cfg, splits, model, tokenizer = (_STATE[k] for k in ("cfg", "splits", "model", "tokenizer"))
+    pool, _ = plant(splits["pool"], mode, cfg.corrupted, cfg.data_seed, _STATE["sd"], offset_sd=cfg.offset_sd,
+                    noise_sd=cfg.noise_sd)
+    ft = train_config(cfg.finetune, seed, cfg.max_length)
+    out = {}
+    for key, chosen in picks.items():
+        tuned = copy.deepcopy(model)
+        added = pool.iloc[np.asarray(chosen)][["smiles", "label"]]
+        fit(tuned, tokenizer, pd.concat([splits["train"], added], ignore_index=True), splits["validation"], ft)
+        out[key] = held_out_metrics(tuned, tokenizer, splits["test"], ft)["mse"]
+    return out
+
 
 
 def selector_names(cfg: BedConfig, expensive: bool = False) -> list[str]:
@@ -236,7 +303,8 @@ def selector_names(cfg: BedConfig, expensive: bool = False) -> list[str]:
     return [s for s in SELECTORS if expensive or s not in EXPENSIVE]
 
 
-def run_bed(cfg: BedConfig, *, expensive: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_bed(cfg: BedConfig, *, expensive: bool = False, cache_dir=None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the bed; returns ``{"r2", "base_mse", "rows": DataFrame}`` with one row per (mode, k, arm): columns
     mode, k, arm, auroc, clean_share, mse (mean over seeds), delta (vs random), p, judged. ``log`` gets progress
     and the finished tables."""
@@ -249,7 +317,7 @@ def run_bed(cfg: BedConfig, *, expensive: bool = False, log: Callable[[str], Non
     t_start = time.perf_counter()
     molecules = bed_molecules()
     splits = split_bed(molecules, cfg)
-    model, tokenizer = base_model(cfg, molecules, splits)
+    model, tokenizer = base_model(cfg, molecules, splits, cache_dir)
     eval_cfg = train_config(cfg.base, cfg.model_seed, cfg.max_length)
     base = held_out_metrics(model, tokenizer, splits["test"], eval_cfg)
     sd = float(splits["train"]["label"].std())
@@ -258,53 +326,74 @@ def run_bed(cfg: BedConfig, *, expensive: bool = False, log: Callable[[str], Non
     log(f"base model: test R² {base['r2']:.3f}, MSE {base['mse']:.4f} ({time.perf_counter() - t_start:.0f} s)")
     names = selector_names(cfg, expensive)
     kmax = max(int(k) for k in cfg.ks)
-    rows = []
+    planted, orders, auc, tasks = {}, {}, {}, []
+    shared_ihvp = None
     for mode in cfg.modes:
-        t_mode = time.perf_counter()
         pool, bad = plant(splits["pool"], mode, cfg.corrupted, cfg.data_seed, sd, offset_sd=cfg.offset_sd,
                           noise_sd=cfg.noise_sd)
-        clean = ~bad
-        shift = np.abs(pool["label"].to_numpy() - splits["pool"]["label"].to_numpy())[bad].mean()
+        planted[mode] = (pool, ~bad)
         ctx = PoolContext(model, tokenizer, splits["train"], splits["validation"], pool,
                           InfluenceArgs.from_dict(cfg.influence),
-                          finetune=train_config(cfg.finetune, cfg.model_seed, cfg.max_length), seed=cfg.data_seed)
-        orders, auc = {}, {}
+                          finetune=train_config(cfg.finetune, cfg.model_seed, cfg.max_length), seed=cfg.data_seed,
+                          ihvp=shared_ihvp)
         for name in names:
             t0 = time.perf_counter()
             k_rank = kmax if name == "adaptive_greedy" else len(pool)
-            orders[name] = np.asarray(SELECTORS[name](ctx, k_rank))
-            auc[name] = auroc(orders[name], clean)
+            orders[mode, name] = np.asarray(SELECTORS[name](ctx, k_rank))
+            auc[mode, name] = auroc(orders[mode, name], ~bad)
             log(f"  [{mode}] ranked by {name} ({time.perf_counter() - t0:.1f} s)")
-        mse: dict[tuple[str, int], list[float]] = {}
+        shared_ihvp = ctx.ihvp  # the base IHVP depends on train and validation only: every mode reuses it
         for seed in range(cfg.seeds):
-            ft = train_config(cfg.finetune, seed, cfg.max_length)
-            for k in cfg.ks:
-                k = int(k)
+            picks = {}
+            for k in map(int, cfg.ks):
                 rng = np.random.default_rng([cfg.data_seed, seed, k])
-                picks = {"random": rng.permutation(len(pool))[:k],
-                         "oracle": rng.permutation(np.flatnonzero(clean))[:k],
-                         **{name: orders[name][:k] for name in names}}
-                for arm, chosen in picks.items():
-                    tuned = copy.deepcopy(model)
-                    added = pool.iloc[np.asarray(chosen)][["smiles", "label"]]
-                    fit(tuned, tokenizer, pd.concat([splits["train"], added], ignore_index=True), splits["validation"],
-                        ft)
-                    mse.setdefault((arm, k), []).append(held_out_metrics(tuned, tokenizer, splits["test"], ft)["mse"])
-            log(f"  [{mode}] fine-tune seed {seed} done ({time.perf_counter() - t_mode:.0f} s into the mode)")
-        for k in cfg.ks:
-            k = int(k)
-            ref = mse[("random", k)]
-            _, p_oracle = paired(mse[("oracle", k)], ref)
-            judged = bool(p_oracle < cfg.alpha and np.mean(mse[("oracle", k)]) < np.mean(ref))
+                picks["random", k] = rng.permutation(len(pool))[:k]
+                picks["oracle", k] = rng.permutation(np.flatnonzero(~bad))[:k]
+                picks.update({(name, k): orders[mode, name][:k] for name in names})
+            tasks.append((mode, seed, picks))
+    t_ft = time.perf_counter()
+    n_ft = sum(len(t[2]) for t in tasks)
+    log(f"fine-tunes: {n_ft} ({len(tasks)} tasks of (mode, seed)) on {cfg.workers} worker(s)")
+    mse: dict[tuple[str, str, int], list[float]] = {}
+    if cfg.workers <= 1:
+        _start(cfg.to_dict(), model=model, tokenizer=tokenizer)
+        results = (_finetune_task(*t) for t in tasks)
+        for (mode, seed, _), res in zip(tasks, results):
+            for (arm, k), v in res.items():
+                mse.setdefault((mode, arm, k), []).append(v)
+            log(f"  [{mode}] fine-tune seed {seed} done ({time.perf_counter() - t_ft:.0f} s)")
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
+                                 initargs=(cfg.to_dict(), state)) as pool_ex:
+            futures = [pool_ex.submit(_finetune_task, *t) for t in tasks]
+            for (mode, seed, _), fut in zip(tasks, futures):  # in task order: seeds stay paired and ordered
+                for (arm, k), v in fut.result().items():
+                    mse.setdefault((mode, arm, k), []).append(v)
+                log(f"  [{mode}] fine-tune seed {seed} done ({time.perf_counter() - t_ft:.0f} s)")
+    log(f"fine-tunes took {time.perf_counter() - t_ft:.0f} s ({(time.perf_counter() - t_ft) / n_ft:.1f} s each, "
+        f"{cfg.workers} worker(s))")
+    rows = []
+    for mode in cfg.modes:
+        pool, clean = planted[mode]
+        shift = np.abs(pool["label"].to_numpy() - splits["pool"]["label"].to_numpy())[~clean].mean()
+        for k in map(int, cfg.ks):
+            ref = mse[(mode, "random", k)]
+            _, p_oracle = paired(mse[(mode, "oracle", k)], ref)
+            judged = bool(p_oracle < cfg.alpha and np.mean(mse[(mode, "oracle", k)]) < np.mean(ref))
             for arm in ["random", "oracle", *names]:
-                vals = mse[(arm, k)]
+                vals = mse[(mode, arm, k)]
                 delta, p = paired(vals, ref) if arm != "random" else (0.0, float("nan"))
-                chosen = (orders[arm][:k] if arm in orders else None)
-                rows.append(dict(mode=mode, k=k, arm=arm, auroc=auc.get(arm, float("nan")),
-                                 clean_share=float(clean[chosen].mean()) if chosen is not None else
-                                 (1.0 if arm == "oracle" else float("nan")),
-                                 mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)), delta=delta, p=p,
-                                 judged=judged, mean_shift=float(shift), seconds=time.perf_counter() - t_mode))
+                if (mode, arm) in orders:
+                    share = float(clean[orders[mode, arm][:k]].mean())
+                else:
+                    share = 1.0 if arm == "oracle" else float("nan")
+                rows.append(dict(mode=mode, k=k, arm=arm, auroc=auc.get((mode, arm), float("nan")),
+                                 clean_share=share, mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)),
+                                 delta=delta, p=p, judged=judged, mean_shift=float(shift)))
     table = pd.DataFrame(rows)
     return {"r2": float(base["r2"]), "base_mse": float(base["mse"]), "rows": table,
             "seconds": time.perf_counter() - t_start}
