@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -112,14 +113,20 @@ def crippen_logp(smiles: Sequence[str]) -> np.ndarray:
 
 
 def bed_molecules(source: str = BED_SOURCE) -> pd.DataFrame:
-    """The bed's molecules (column ``smiles``) with ``label`` = Crippen logP."""
+    """The bed's molecules (column ``smiles``) with ``label`` = Crippen logP (a fresh frame each call)."""
+    smiles, labels = _labelled(source)
+    return pd.DataFrame({"smiles": list(smiles), "label": np.array(labels)})
+
+
+@functools.lru_cache(maxsize=4)
+def _labelled(source: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
     from .data import resolve_source
 
     frame = pd.read_csv(resolve_source(source))
     if "smiles" not in frame.columns:
         raise ValueError(f"{source}: lacks a 'smiles' column; has {list(frame.columns)}")
     smiles = frame["smiles"].astype(str).tolist()
-    return pd.DataFrame({"smiles": smiles, "label": crippen_logp(smiles)})
+    return tuple(smiles), tuple(crippen_logp(smiles).tolist())
 
 
 def split_bed(frame: pd.DataFrame, cfg: BedConfig) -> dict[str, pd.DataFrame]:
@@ -311,10 +318,18 @@ def run_bed(cfg: BedConfig, *, expensive: bool = False, cache_dir=None,
     and the finished tables."""
     import torch
 
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.threads))
+    try:
+        return _run_bed(cfg, expensive, cache_dir, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], None]) -> dict[str, Any]:
     from .influence import InfluenceArgs
     from .selectors import SELECTORS, PoolContext
 
-    torch.set_num_threads(int(cfg.threads))
     t_start = time.perf_counter()
     molecules = bed_molecules()
     splits = split_bed(molecules, cfg)

@@ -118,3 +118,18 @@ def test_bed_config_rejects_bad_settings():
         bed.BedConfig.from_dict({"n_trian": 5})
     cfg = bed.BedConfig.from_dict({"finetune": {"epochs": 9}})
     assert cfg.finetune["epochs"] == 9 and cfg.finetune["lr"] == bed.BedConfig().finetune["lr"]
+
+
+def test_a_tiny_bed_runs_end_to_end_and_pairs_every_arm_with_random(tmp_path):
+    cfg = bed.BedConfig(n_train=80, n_validation=30, n_test=30, pool=40, ks=[10], seeds=2, modes=["offset"],
+                        selectors=["residual"], base={"epochs": 1}, finetune={"epochs": 1}, workers=1,
+                        model=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                                   num_random_features=8))
+    result = bed.run_bed(cfg, cache_dir=tmp_path, log=lambda _m: None)
+    rows = result["rows"].set_index("arm")
+    assert list(rows.index) == ["random", "oracle", "residual"]
+    assert rows.loc["random", "delta"] == 0.0 and rows.loc["oracle", "clean_share"] == 1.0
+    assert 0.0 <= rows.loc["residual", "clean_share"] <= 1.0 and 0.0 <= rows.loc["residual", "auroc"] <= 1.0
+    assert rows["judged"].nunique() == 1  # one verdict per (mode, k), from the oracle's p
+    assert list(tmp_path.glob("base-*.pt"))  # the base model is cached for the next run
+    assert "mode offset" in bed.report(result, cfg)
