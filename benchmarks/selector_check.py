@@ -22,23 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-DEMO_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_random_features=16)
+from molinfluence.bed import DEMO_SIZES  # noqa: E402
 
 
 def logp_frame(path: str, n: int, seed: int) -> pd.DataFrame:
     from rdkit import Chem, RDLogger
-    from rdkit.Chem import Crippen
+
+    from molinfluence.bed import crippen_logp
 
     RDLogger.DisableLog("rdApp.*")
     smiles = pd.read_csv(path)["SMILES"].sample(frac=1.0, random_state=seed).tolist()
-    rows = []
-    for s in smiles:
-        mol = Chem.MolFromSmiles(s)
-        if mol is not None and len(s) <= 120:
-            rows.append((s, float(Crippen.MolLogP(mol))))
-        if len(rows) == n:
-            break
-    return pd.DataFrame(rows, columns=["smiles", "label"])
+    kept = [s for s in smiles if len(s) <= 120 and Chem.MolFromSmiles(s) is not None][:n]
+    return pd.DataFrame({"smiles": kept, "label": crippen_logp(kept)})
 
 
 def freesolv_frame(seed: int) -> pd.DataFrame:
@@ -46,30 +41,6 @@ def freesolv_frame(seed: int) -> pd.DataFrame:
 
     df = pd.read_csv(resolve_source("pkg:molinfluence/datasets/freesolv.csv"))
     return df.rename(columns={"expt": "label"})[["smiles", "label"]].sample(frac=1.0, random_state=seed).reset_index(drop=True)
-
-
-def corrupt(pool: pd.DataFrame, mode: str, seed: int, sd: float) -> tuple[pd.DataFrame, np.ndarray]:
-    rng = np.random.default_rng(seed + 7)
-    bad = np.zeros(len(pool), dtype=bool)
-    bad[rng.permutation(len(pool))[: len(pool) // 2]] = True
-    labels = pool["label"].to_numpy(dtype=np.float64).copy()
-    idx = np.flatnonzero(bad)
-    if mode == "swap":
-        labels[idx] = labels[rng.permutation(idx)]
-    elif mode == "offset":
-        labels[idx] += rng.choice([-2.0, 2.0], len(idx)) * sd
-    else:
-        labels[idx] += rng.normal(0.0, 2.0 * sd, len(idx))
-    return pool.assign(label=labels), bad
-
-
-def auroc(score: np.ndarray, clean: np.ndarray) -> float:
-    """P(a clean row scores lower than a corrupted one) (ties count half)."""
-    from scipy.stats import rankdata
-
-    r = rankdata(-score)  # high rank = low score
-    n1, n0 = clean.sum(), (~clean).sum()
-    return float((r[clean].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def finetune_check(args, ctx, base, tokenizer, train, val, test, pool, clean, cfg) -> None:
@@ -133,10 +104,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from molinfluence.bed import auroc, plant
     from molinfluence.encoder import random_encoder
     from molinfluence.influence import InfluenceArgs
     from molinfluence.regressor import MolformerRegressor
-    from molinfluence.selectors import SELECTORS, PoolContext, ranking
+    from molinfluence.selectors import SELECTORS, PoolContext
     from molinfluence.training import TrainConfig, evaluate, train_regressor
 
     df = logp_frame(args.lipophilicity, args.n, args.seed) if args.task == "logp" else freesolv_frame(args.seed)
@@ -144,7 +116,7 @@ def main() -> None:
     pool, rest = df.iloc[:pool_n].reset_index(drop=True), df.iloc[pool_n:].reset_index(drop=True)
     n_val = n_test = len(rest) // 8
     val, test, train = rest.iloc[:n_val], rest.iloc[n_val: n_val + n_test], rest.iloc[n_val + n_test:]
-    pool, bad = corrupt(pool, args.mode, args.seed, float(train["label"].std()))
+    pool, bad = plant(pool, args.mode, 0.5, args.seed, float(train["label"].std()))
     clean = ~bad
 
     encoder, tokenizer, _ = random_encoder(df["smiles"], seed=args.model_seed, max_length=202, **DEMO_SIZES)
@@ -167,11 +139,8 @@ def main() -> None:
             order = SELECTORS[name](ctx, quarter)
             au = float("nan")
         else:
-            table = ranking(ctx, name, len(pool))
             order = SELECTORS[name](ctx, len(pool))
-            score = np.empty(len(pool))
-            score[order] = table["score"].to_numpy()
-            au = auroc(score, clean)
+            au = auroc(order, clean)
         c8, c4 = clean[order[: quarter // 2]].mean(), clean[order[:quarter]].mean()
         print(f"{name:20s} {au:6.3f} {c8:9.2f} {c4:9.2f} {time.perf_counter() - t0:8.1f}", flush=True)
     if args.finetune_seeds:

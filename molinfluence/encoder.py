@@ -14,29 +14,44 @@ from typing import Any
 
 from molinfluence.files import atomic_path
 from molinfluence.molformer import MolformerConfig, MolformerModel, load_encoder
-from molinfluence.tokenizer import build_smiles_tokenizer, count_unknown, load_tokenizer, save_tokenizer
+from molinfluence.tokenizer import (
+    build_smiles_tokenizer,
+    count_unknown,
+    load_tokenizer,
+    published_vocab_tokenizer,
+    save_tokenizer,
+)
 
 __all__ = ["random_encoder", "starting_encoder", "save_encoder"]
 
 
-def random_encoder(smiles: Iterable[str], *, seed: int, max_length: int | None = None, **sizes: Any):
+def random_encoder(smiles: Iterable[str], *, seed: int, max_length: int | None = None, vocabulary: str = "data",
+                   **sizes: Any):
     """(encoder, tokenizer, description): a MoLFormer with the given ``sizes`` (``hidden_size``,
     ``num_hidden_layers``, ...), weights drawn under ``torch.manual_seed(seed)``, and a tokenizer whose vocabulary is
-    every SMILES token of ``smiles``. Same arguments, same weights. ``max_length`` bounds the position table (the
+    every SMILES token of ``smiles`` (``vocabulary="data"``) or MoLFormer's published 2,362-token vocabulary
+    (``"published"``: the model then does not depend on ``smiles`` at all; their tokens outside it map to
+    ``<unk>``, as with the real model). Same arguments, same weights. ``max_length`` bounds the position table (the
     model's token limit); None keeps the config default."""
     import torch
 
     smiles = list(smiles)
-    tokenizer = build_smiles_tokenizer(smiles)
-    unknown = count_unknown(tokenizer, smiles)
-    if unknown:  # the vocabulary is built from these very molecules: a tokenizer bug, not bad data
-        raise RuntimeError(f"{unknown} molecules contain tokens missing from the vocabulary built from them")
+    if vocabulary == "published":
+        tokenizer = published_vocab_tokenizer()
+    elif vocabulary == "data":
+        tokenizer = build_smiles_tokenizer(smiles)
+        unknown = count_unknown(tokenizer, smiles)
+        if unknown:  # the vocabulary is built from these very molecules: a tokenizer bug, not bad data
+            raise RuntimeError(f"{unknown} molecules contain tokens missing from the vocabulary built from them")
+    else:
+        raise ValueError(f"random_encoder: vocabulary must be 'data' or 'published', not {vocabulary!r}")
     extra = {} if max_length is None else {"max_position_embeddings": int(max_length)}
     config = MolformerConfig(vocab_size=len(tokenizer), deterministic_eval=True, **extra, **sizes)
     torch.manual_seed(int(seed))
     encoder = MolformerModel(config)
     description = (
-        f"random MoLFormer {sizes} (seed {seed}), tokenizer of {len(tokenizer)} tokens from {len(smiles)} molecules"
+        f"random MoLFormer {sizes} (seed {seed}), tokenizer of {len(tokenizer)} tokens "
+        + ("(MoLFormer's published vocabulary)" if vocabulary == "published" else f"from {len(smiles)} molecules")
     )
     return encoder, tokenizer, description
 

@@ -97,6 +97,37 @@ def build_smiles_tokenizer(smiles: Iterable[str]) -> PreTrainedTokenizerFast:
     for token in data_tokens:
         vocab[token] = len(vocab)
     vocab[UNK_TOKEN] = len(vocab)
+    return _word_level_tokenizer(vocab)
+
+
+PUBLISHED_VOCAB = "pkg:molinfluence/datasets/molformer_vocab.txt"
+"""MoLFormer's published vocabulary (2,362 tokens, one per line, id = line number; provenance in the datasets
+README)."""
+
+
+def published_vocab_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """A SMILES tokenizer with MoLFormer's published vocabulary: the token on line ``i`` (0-based) of the vocabulary
+    file has id ``i`` (``<bos>`` 0 … ``<unk>`` 2361), whatever the data. Offline; the same for every dataset and pool,
+    so a random model built on it does not depend on the molecules it will see."""
+    if path is None:
+        from molinfluence.data import resolve_source
+
+        path = resolve_source(PUBLISHED_VOCAB)
+    tokens = Path(path).read_text().splitlines()
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        if not token or token in vocab:
+            raise ValueError(f"{path}: line {i + 1} is {'empty' if not token else f'a duplicate of {token!r}'}")
+        vocab[token] = i
+    if vocab.get(UNK_TOKEN) != len(tokens) - 1:
+        raise ValueError(f"{path}: {UNK_TOKEN} must be the last line")
+    tokenizer = _word_level_tokenizer(vocab)
+    _check_special_ids(tokenizer, str(path))
+    return tokenizer
+
+
+def _word_level_tokenizer(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
+    """Regex-split word-level tokenizer over ``vocab`` framing every molecule as ``<bos> ... <eos>``."""
     backend = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     backend.pre_tokenizer = Split(Regex(SMILES_REGEX), behavior="isolated")
     backend.post_processor = TemplateProcessing(

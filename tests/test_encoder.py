@@ -56,3 +56,22 @@ def test_saved_directory_loads_to_the_same_function(tmp_path, smiles) -> None:
         got = again(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     assert torch.equal(want, got)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrained"], "no temporary directory left behind"
+
+
+def test_published_vocabulary_makes_the_base_encoder_independent_of_the_pool(molecules) -> None:
+    train = molecules["smiles"].head(40).tolist()
+    pool_a, pool_b = molecules["smiles"].iloc[40:80].tolist(), molecules["smiles"].iloc[80:200].tolist()
+    a, tok_a, description = random_encoder(train + pool_a, seed=2, vocabulary="published", **SIZES)
+    b, tok_b, _ = random_encoder(train + pool_b, seed=2, vocabulary="published", **SIZES)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert tok_a.get_vocab() == tok_b.get_vocab() and len(tok_a) == 2362
+    assert "published vocabulary" in description
+    # with the data vocabulary the two pools give different embedding tables: the dependence this option removes
+    c, _, _ = random_encoder(train + pool_a, seed=2, **SIZES)
+    d, _, _ = random_encoder(train + pool_b, seed=2, **SIZES)
+    key = next(k for k in c.state_dict() if "embed" in k and "word" in k)
+    assert c.state_dict()[key].shape != d.state_dict()[key].shape or not torch.equal(c.state_dict()[key],
+                                                                                     d.state_dict()[key])
+    with pytest.raises(ValueError, match="vocabulary"):
+        random_encoder(train, seed=2, vocabulary="mine", **SIZES)

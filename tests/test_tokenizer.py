@@ -165,3 +165,19 @@ def test_lipophilicity_smiles_are_fully_covered_by_the_regex_and_the_default_len
     batch = encode_smiles(tokenizer, smiles)
     assert batch.input_ids.shape == (len(smiles), 202)
     assert batch.n_truncated == sum(n > 202 for n in batch.lengths) == 1
+
+
+def test_published_vocabulary_ids_follow_the_file_line_numbers():
+    from molinfluence.data import resolve_source
+    from molinfluence.tokenizer import PUBLISHED_VOCAB, published_vocab_tokenizer
+
+    lines = Path(resolve_source(PUBLISHED_VOCAB)).read_text().splitlines()
+    tokenizer = published_vocab_tokenizer()
+    assert len(lines) == len(tokenizer) == 2362
+    vocab = tokenizer.get_vocab()
+    assert all(vocab[token] == i for i, token in enumerate(lines))
+    assert vocab["<unk>"] == 2361 and vocab["<pad>"] == 2
+    smiles = "CC(=O)Nc1ccc(O)cc1"  # paracetamol: every token is in the published vocabulary
+    ids = encode_smiles(tokenizer, [smiles], max_length=64).input_ids[0].tolist()
+    expected = [0] + [lines.index(t) for t in split_smiles(smiles)] + [1]
+    assert ids[: len(expected)] == expected
