@@ -226,8 +226,14 @@ def base_key(cfg: BedConfig) -> str:
     import hashlib
     import json
 
+    from pathlib import Path
+
+    from .files import code_hash
+
     keys = ("n_train", "n_validation", "n_test", "pool", "data_seed", "model_seed", "model", "max_length", "base")
-    text = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True)
+    # and the code that builds and trains it (tokenizer/vocabulary, model, training loop): an edit retrains the base
+    identity = {k: getattr(cfg, k) for k in keys} | {"code": code_hash(__file__, root=Path(__file__).parents[1], module="molinfluence.bed")}
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -242,8 +248,8 @@ def untrained_model(cfg: BedConfig, molecules: pd.DataFrame):
 
 
 def base_model(cfg: BedConfig, molecules: pd.DataFrame, splits: dict[str, pd.DataFrame], cache_dir=None):
-    """(trained base model, tokenizer): a random MoLFormer (``model``, weights seed ``model_seed``) whose vocabulary
-    is every bed molecule (independent of the pool), trained on the train split with the ``base`` recipe. With
+    """(trained base model, tokenizer): a random MoLFormer (``model``, weights seed ``model_seed``) on MoLFormer's
+    published vocabulary (independent of the pool), trained on the train split with the ``base`` recipe. With
     ``cache_dir`` the trained weights are kept there (``base-<base_key>.pt``, loaded with ``weights_only=True``) and
     reused by later runs with the same base settings; every mode shares the one base model."""
     from pathlib import Path

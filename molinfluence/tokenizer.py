@@ -76,14 +76,28 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="right", **_SPECIAL_TOKEN_KWARGS)
 
 
+def _word_level_tokenizer(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
+    """A MoLFormer-shaped tokenizer over ``vocab`` (token -> id): split with :data:`SMILES_REGEX`, unseen tokens to
+    ``<unk>``, every molecule framed as ``<bos> ... <eos>``."""
+    backend = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    backend.pre_tokenizer = Split(Regex(SMILES_REGEX), behavior="isolated")
+    backend.post_processor = TemplateProcessing(
+        single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
+        pair=f"{BOS_TOKEN} $A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1",
+        special_tokens=[(BOS_TOKEN, SPECIAL_TOKEN_IDS[BOS_TOKEN]), (EOS_TOKEN, SPECIAL_TOKEN_IDS[EOS_TOKEN])],
+    )
+    backend.add_special_tokens([BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, MASK_TOKEN, UNK_TOKEN])
+    return _wrap(backend)
+
+
 def build_smiles_tokenizer(smiles: Iterable[str]) -> PreTrainedTokenizerFast:
     """Build a word-level SMILES tokenizer whose vocabulary is the regex tokens of ``smiles``.
 
     Ids 0-3 are ``<bos>``, ``<eos>``, ``<pad>``, ``<mask>``; the data tokens follow in sorted order (so the same
     SMILES set always gives the same ids) and ``<unk>`` comes last. Encoding splits with :data:`SMILES_REGEX`,
     maps unseen tokens to ``<unk>`` and frames every molecule as ``<bos> ... <eos>``, like the published tokenizer.
-    This is for offline use (tests, demos); its ids are unrelated to the published vocabulary, so it cannot be
-    paired with the published weights.
+    Its ids are unrelated to the published vocabulary and depend on the data; the pipeline's ``source: random``
+    uses :func:`published_vocab_tokenizer` instead (benchmarks on other tasks may still use this one).
     """
     tokens: set[str] = set()
     n_smiles = 0
@@ -100,43 +114,32 @@ def build_smiles_tokenizer(smiles: Iterable[str]) -> PreTrainedTokenizerFast:
     return _word_level_tokenizer(vocab)
 
 
-PUBLISHED_VOCAB = "pkg:molinfluence/datasets/molformer_vocab.txt"
-"""MoLFormer's published vocabulary (2,362 tokens, one per line, id = line number; provenance in the datasets
-README)."""
+PUBLISHED_VOCAB = Path(__file__).resolve().parent / "vocab" / "bert_vocab.txt"
+"""MoLFormer's published vocabulary, one token a line, id = line number - 1 (provenance: ``vocab/README.md``)."""
+PUBLISHED_VOCAB_SIZE = 2362
+"""Rows of the published model's token embedding (= lines of :data:`PUBLISHED_VOCAB`)."""
 
 
-def published_vocab_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
-    """A SMILES tokenizer with MoLFormer's published vocabulary: the token on line ``i`` (0-based) of the vocabulary
-    file has id ``i`` (``<bos>`` 0 … ``<unk>`` 2361), whatever the data. Offline; the same for every dataset and pool,
-    so a random model built on it does not depend on the molecules it will see."""
-    if path is None:
-        from molinfluence.data import resolve_source
+def read_vocab(path: str | Path = PUBLISHED_VOCAB) -> dict[str, int]:
+    """token -> id from a vocabulary file of one token a line (id = line number - 1), checked to be a MoLFormer one.
 
-        path = resolve_source(PUBLISHED_VOCAB)
-    tokens = Path(path).read_text().splitlines()
-    vocab: dict[str, int] = {}
-    for i, token in enumerate(tokens):
-        if not token or token in vocab:
-            raise ValueError(f"{path}: line {i + 1} is {'empty' if not token else f'a duplicate of {token!r}'}")
-        vocab[token] = i
-    if vocab.get(UNK_TOKEN) != len(tokens) - 1:
-        raise ValueError(f"{path}: {UNK_TOKEN} must be the last line")
-    tokenizer = _word_level_tokenizer(vocab)
-    _check_special_ids(tokenizer, str(path))
-    return tokenizer
+    Raises:
+        ValueError: duplicate tokens, or special tokens not at ids 0-3 / ``<unk>`` not last.
+    """
+    tokens = Path(path).read_text(encoding="utf-8").splitlines()
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ValueError(f"{path}: {len(tokens) - len(vocab)} duplicate tokens")
+    wrong = {t: vocab.get(t) for t, i in SPECIAL_TOKEN_IDS.items() if vocab.get(t) != i}
+    if wrong or vocab.get(UNK_TOKEN) != len(tokens) - 1:
+        raise ValueError(f"{path}: special tokens must have ids {SPECIAL_TOKEN_IDS} and {UNK_TOKEN} the last id")
+    return vocab
 
 
-def _word_level_tokenizer(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
-    """Regex-split word-level tokenizer over ``vocab`` framing every molecule as ``<bos> ... <eos>``."""
-    backend = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    backend.pre_tokenizer = Split(Regex(SMILES_REGEX), behavior="isolated")
-    backend.post_processor = TemplateProcessing(
-        single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
-        pair=f"{BOS_TOKEN} $A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1",
-        special_tokens=[(BOS_TOKEN, SPECIAL_TOKEN_IDS[BOS_TOKEN]), (EOS_TOKEN, SPECIAL_TOKEN_IDS[EOS_TOKEN])],
-    )
-    backend.add_special_tokens([BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, MASK_TOKEN, UNK_TOKEN])
-    return _wrap(backend)
+def published_vocab_tokenizer(path: str | Path = PUBLISHED_VOCAB) -> PreTrainedTokenizerFast:
+    """A tokenizer over MoLFormer's published 2,362-token vocabulary (shipped with the package): the same ids whatever
+    the data, so a randomly initialised model built on it does not depend on which molecules a run reads."""
+    return _word_level_tokenizer(read_vocab(path))
 
 
 def _check_special_ids(tokenizer: PreTrainedTokenizerFast, source: str) -> None:

@@ -4,8 +4,8 @@
 
 ``source: pretrained`` loads ``model.name`` (a hub id or a local directory) with the native MoLFormer and the
 published tokenizer, and saves both, so later jobs (possibly on cluster nodes without network) read only local files.
-``source: random`` builds a SMILES tokenizer from every molecule in the prepared data and a small MoLFormer with the
-sizes in ``model.random``, seeded (the offline demo).
+``source: random`` builds a small MoLFormer with the sizes in ``model.random``, seeded, on MoLFormer's published
+vocabulary (the offline demo); the prepared data only feed the log line (how many tokens read as ``<unk>``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from molinfluence.cli import json_arg, run  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--args", type=json_arg, required=True, help="the config's model section as JSON")
-    p.add_argument("--data", required=True, help="prepared data directory (tokenizer vocabulary for source: random)")
+    p.add_argument("--data", required=True, help="prepared data directory (source: random counts its tokens missing from the vocabulary)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 

@@ -1,5 +1,5 @@
-"""Tests for molinfluence.encoder: the starting encoder is reproducible, covers the data's vocabulary, follows the
-config, and the saved directory is what later stages load."""
+"""Tests for molinfluence.encoder: the starting encoder is reproducible, follows the
+config (the published vocabulary, whatever the pool), and the saved directory is what later stages load."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import torch
 
 from molinfluence.encoder import random_encoder, save_encoder, starting_encoder
 from molinfluence.molformer import load_encoder
-from molinfluence.tokenizer import encode_smiles, load_tokenizer, split_smiles
+from molinfluence.tokenizer import (
+    PUBLISHED_VOCAB,
+    PUBLISHED_VOCAB_SIZE,
+    encode_smiles,
+    load_tokenizer,
+    read_vocab,
+    split_smiles,
+)
 
 SIZES = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_random_features=8)
 
@@ -27,12 +34,26 @@ def test_same_seed_same_weights_other_seed_other_weights(smiles) -> None:
     assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
 
 
-def test_vocabulary_is_exactly_the_data_tokens(smiles) -> None:
+def test_random_model_uses_the_published_vocabulary(smiles) -> None:
     _, tokenizer, description = random_encoder(smiles, seed=0, **SIZES)
-    tokens = {t for s in smiles for t in split_smiles(s)}
-    vocab = set(tokenizer.get_vocab())
-    assert tokens <= vocab and len(vocab - tokens) == len(tokenizer.all_special_tokens)
-    assert f"tokenizer of {len(tokenizer)} tokens from {len(smiles)} molecules" in description
+    assert tokenizer.get_vocab() == read_vocab(PUBLISHED_VOCAB) and len(tokenizer) == PUBLISHED_VOCAB_SIZE
+    assert f"published vocabulary of {PUBLISHED_VOCAB_SIZE} tokens" in description
+
+
+def test_base_model_is_the_same_whatever_the_external_pool(molecules) -> None:
+    """Issue 16: the pretrained stage reads every split, the external pool included; two pools (other molecules,
+    other chemistry) with the same data and seeds must give the same encoder weights and tokenizer."""
+    model = {"source": "random", "max_length": 128, "random": {**SIZES, "seed": 0}}
+    train = molecules["smiles"].head(200).tolist()
+    pool_a = molecules["smiles"].iloc[200:300].tolist()
+    pool_b = molecules["smiles"].iloc[300:642].tolist() + ["[Se]1C=CC=C1", "C[Si](C)(C)Cl"]
+    assert {t for s in pool_b for t in split_smiles(s)} - {t for s in train + pool_a for t in split_smiles(s)}
+    enc_a, tok_a, _ = starting_encoder(model, train + pool_a)
+    enc_b, tok_b, _ = starting_encoder(model, train + pool_b)
+    sa, sb = enc_a.state_dict(), enc_b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert tok_a.get_vocab() == tok_b.get_vocab()
+    assert torch.equal(encode_smiles(tok_a, train).input_ids, encode_smiles(tok_b, train).input_ids)
 
 
 def test_random_source_follows_the_model_section(smiles) -> None:
@@ -56,22 +77,3 @@ def test_saved_directory_loads_to_the_same_function(tmp_path, smiles) -> None:
         got = again(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     assert torch.equal(want, got)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrained"], "no temporary directory left behind"
-
-
-def test_published_vocabulary_makes_the_base_encoder_independent_of_the_pool(molecules) -> None:
-    train = molecules["smiles"].head(40).tolist()
-    pool_a, pool_b = molecules["smiles"].iloc[40:80].tolist(), molecules["smiles"].iloc[80:200].tolist()
-    a, tok_a, description = random_encoder(train + pool_a, seed=2, vocabulary="published", **SIZES)
-    b, tok_b, _ = random_encoder(train + pool_b, seed=2, vocabulary="published", **SIZES)
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert tok_a.get_vocab() == tok_b.get_vocab() and len(tok_a) == 2362
-    assert "published vocabulary" in description
-    # with the data vocabulary the two pools give different embedding tables: the dependence this option removes
-    c, _, _ = random_encoder(train + pool_a, seed=2, **SIZES)
-    d, _, _ = random_encoder(train + pool_b, seed=2, **SIZES)
-    key = next(k for k in c.state_dict() if "embed" in k and "word" in k)
-    assert c.state_dict()[key].shape != d.state_dict()[key].shape or not torch.equal(c.state_dict()[key],
-                                                                                     d.state_dict()[key])
-    with pytest.raises(ValueError, match="vocabulary"):
-        random_encoder(train, seed=2, vocabulary="mine", **SIZES)

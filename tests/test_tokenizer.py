@@ -15,11 +15,15 @@ from tokenizers.models import WordLevel
 
 from molinfluence.molformer import ModelLoadError
 from molinfluence.tokenizer import (
+    PUBLISHED_VOCAB,
+    PUBLISHED_VOCAB_SIZE,
     SMILES_REGEX,
     build_smiles_tokenizer,
     count_unknown,
     encode_smiles,
     load_tokenizer,
+    published_vocab_tokenizer,
+    read_vocab,
     save_tokenizer,
     split_smiles,
 )
@@ -167,17 +171,31 @@ def test_lipophilicity_smiles_are_fully_covered_by_the_regex_and_the_default_len
     assert batch.n_truncated == sum(n > 202 for n in batch.lengths) == 1
 
 
-def test_published_vocabulary_ids_follow_the_file_line_numbers():
-    from molinfluence.data import resolve_source
-    from molinfluence.tokenizer import PUBLISHED_VOCAB, published_vocab_tokenizer
+def test_published_vocabulary_gives_molformers_ids_for_real_smiles(molecules) -> None:
+    """``source: random`` reads MoLFormer's published vocabulary: 2,362 tokens (the published embedding's rows), and a
+    real molecule's ids are the line numbers (from 0) of its regex tokens in bert_vocab.txt, framed by <bos>/<eos>."""
+    lines = PUBLISHED_VOCAB.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == PUBLISHED_VOCAB_SIZE == 2362
+    line_of = {tok: i for i, tok in enumerate(lines)}
+    tok = published_vocab_tokenizer()
+    assert len(tok) == 2362 and tok.unk_token_id == 2361 == line_of["<unk>"]
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.mask_token_id) == (0, 1, 2, 3)
+    assert tok("CCO")["input_ids"] == [0, line_of["C"], line_of["C"], line_of["O"], 1] == [0, 4, 4, 9, 1]
+    smiles = molecules["smiles"].tolist()
+    checked = 0
+    for smi in smiles:
+        want = [0] + [line_of.get(t, 2361) for t in split_smiles(smi)] + [1]
+        assert tok(smi)["input_ids"] == want, smi
+        checked += all(t in line_of for t in split_smiles(smi))
+    assert checked == len(smiles) - 3  # FreeSolv's [S+2], [N@@], [N@] (written unusually) are not in it
+    assert tok("[Xe+3]C")["input_ids"] == [0, 2361, line_of["C"], 1]  # not in the vocabulary -> <unk>
 
-    lines = Path(resolve_source(PUBLISHED_VOCAB)).read_text().splitlines()
-    tokenizer = published_vocab_tokenizer()
-    assert len(lines) == len(tokenizer) == 2362
-    vocab = tokenizer.get_vocab()
-    assert all(vocab[token] == i for i, token in enumerate(lines))
-    assert vocab["<unk>"] == 2361 and vocab["<pad>"] == 2
-    smiles = "CC(=O)Nc1ccc(O)cc1"  # paracetamol: every token is in the published vocabulary
-    ids = encode_smiles(tokenizer, [smiles], max_length=64).input_ids[0].tolist()
-    expected = [0] + [lines.index(t) for t in split_smiles(smiles)] + [1]
-    assert ids[: len(expected)] == expected
+
+def test_read_vocab_refuses_a_file_that_is_not_a_molformer_vocabulary(tmp_path) -> None:
+    bad = tmp_path / "vocab.txt"
+    bad.write_text("<eos>\n<bos>\n<pad>\n<mask>\nC\n<unk>\n")
+    with pytest.raises(ValueError, match="special tokens"):
+        read_vocab(bad)
+    bad.write_text("<bos>\n<eos>\n<pad>\n<mask>\nC\nC\n<unk>\n")
+    with pytest.raises(ValueError, match="duplicate"):
+        read_vocab(bad)
