@@ -320,8 +320,8 @@ def selector_names(cfg: BedConfig, expensive: bool = False) -> list[str]:
 def run_bed(cfg: BedConfig, *, expensive: bool = False, cache_dir=None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the bed; returns ``{"r2", "base_mse", "rows": DataFrame}`` with one row per (mode, k, arm): columns
-    mode, k, arm, auroc, clean_share, mse (mean over seeds), delta (vs random), p, judged. ``log`` gets progress
-    and the finished tables."""
+    mode, k, arm, auroc, clean_share (of the first k), clean_quarter (of the pool's top quarter), mse (mean over
+    seeds), delta (vs random), p, judged. ``log`` gets progress and the finished tables."""
     import torch
 
     threads_before = torch.get_num_threads()
@@ -411,10 +411,11 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
                 delta, p = paired(vals, ref) if arm != "random" else (0.0, float("nan"))
                 if (mode, arm) in orders:
                     share = float(clean[orders[mode, arm][:k]].mean())
+                    quarter = float(clean[orders[mode, arm][: len(pool) // 4]].mean())
                 else:
-                    share = 1.0 if arm == "oracle" else float("nan")
+                    share = quarter = 1.0 if arm == "oracle" else float("nan")
                 rows.append(dict(mode=mode, k=k, arm=arm, auroc=auc.get((mode, arm), float("nan")),
-                                 clean_share=share, mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)),
+                                 clean_share=share, clean_quarter=quarter, mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)),
                                  delta=delta, p=p, judged=judged, mean_shift=float(shift)))
     table = pd.DataFrame(rows)
     return {"r2": float(base["r2"]), "base_mse": float(base["mse"]), "rows": table,
@@ -435,13 +436,13 @@ def report(result: dict[str, Any], cfg: BedConfig) -> str:
             verdict = "judges" if o.judged else "CANNOT JUDGE (oracle margin not significant)"
             lines.append(f"  k={k}: random MSE {r.mse:.4f} ± {r.sd:.4f}; oracle ΔMSE {o.delta:+.4f} (p {o.p:.3f}) "
                          f"-> the bed {verdict} at this k")
-        lines.append(f"  {'selector':20s} {'AUROC':>6s} " + " ".join(
+        lines.append(f"  {'selector':20s} {'AUROC':>6s} {'clean@¼':>8s} " + " ".join(
             f"{'clean@' + str(k):>9s} {'ΔMSE@' + str(k):>9s} {'p':>6s}" for k in sorted(part.k.unique())))
         for arm in [a for a in part.arm.unique() if a not in ("random", "oracle")]:
             cells = []
             for k in sorted(part.k.unique()):
                 row = part[(part.arm == arm) & (part.k == k)].iloc[0]
                 cells.append(f"{row.clean_share:9.2f} {row.delta:+9.4f} {row.p:6.3f}")
-            au = part[part.arm == arm].auroc.iloc[0]
-            lines.append(f"  {arm:20s} {au:6.3f} " + " ".join(cells))
+            au, quarter = part[part.arm == arm][["auroc", "clean_quarter"]].iloc[0]
+            lines.append(f"  {arm:20s} {au:6.3f} {quarter:8.2f} " + " ".join(cells))
     return "\n".join(lines)

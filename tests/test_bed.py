@@ -130,6 +130,7 @@ def test_a_tiny_bed_runs_end_to_end_and_pairs_every_arm_with_random(tmp_path):
     assert list(rows.index) == ["random", "oracle", "residual"]
     assert rows.loc["random", "delta"] == 0.0 and rows.loc["oracle", "clean_share"] == 1.0
     assert 0.0 <= rows.loc["residual", "clean_share"] <= 1.0 and 0.0 <= rows.loc["residual", "auroc"] <= 1.0
+    assert rows.loc["oracle", "clean_quarter"] == 1.0 and 0.0 <= rows.loc["residual", "clean_quarter"] <= 1.0
     assert rows["judged"].nunique() == 1  # one verdict per (mode, k), from the oracle's p
     assert list(tmp_path.glob("base-*.pt"))  # the base model is cached for the next run
     assert "mode offset" in bed.report(result, cfg)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..batch import Batch, FeatureBatch, Rows
 from ..influence import InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
+from ..loss import squared_error
 from .retrain import EVAL_BATCH_SIZE, _device_of
 
 # Convex solves stop when ‖∇F‖_∞ ≤ _LBFGS_GRAD_TOL × max(1, ‖∇F(center)‖_∞) or a round of L-BFGS no longer reduces
@@ -80,12 +81,16 @@ class ConvexProblem:
     def predict(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x @ theta[:-1] + theta[-1]
 
+    def errors(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-row squared error of the head ``theta`` on features ``x`` with labels ``y`` (the one regression loss)."""
+        return squared_error(self.predict(theta, x), y)
+
     def objective(self, theta: torch.Tensor, extra: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
-        value = (self.predict(theta, self.x) - self.y).square().mean()
+        value = self.errors(theta, self.x, self.y).mean()
         value = value + 0.5 * self.lam * (theta - self.center).square().sum()
         if extra is not None:
             xz, yz, weight = extra
-            value = value + weight * (self.predict(theta, xz) - yz).square().sum()
+            value = value + weight * self.errors(theta, xz, yz).sum()
         return value
 
     def solve(self, start: torch.Tensor, extra: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> tuple[torch.Tensor, float]:
@@ -175,7 +180,7 @@ def convex_reference(
     scores = score_samples(frozen, at_opt, rows_samples, batch_size=args.scoring.batch_size)
 
     def loss_t(theta: torch.Tensor) -> float:
-        return float((problem.predict(theta, x_t) - y_t).square().mean())
+        return float(problem.errors(theta, x_t, y_t).mean())
 
     shift = float((theta0 - theta_base).norm())
     worst = 0.0
@@ -200,8 +205,8 @@ def convex_reference(
         "lambda_at_optimum": float(at_opt.stats["lambda"]),
         "head_shift": shift,
         "head_norm": float(theta_base.norm()),
-        "train_loss_base": float((problem.predict(theta_base, x) - y).square().mean()),
-        "train_loss_optimum": float((problem.predict(theta0, x) - y).square().mean()),
+        "train_loss_base": float(problem.errors(theta_base, x, y).mean()),
+        "train_loss_optimum": float(problem.errors(theta0, x, y).mean()),
         "target_loss_base": loss_t(theta_base),
         "target_loss_optimum": loss_t(theta0),
         "max_relative_gradient": worst,
