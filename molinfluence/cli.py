@@ -64,6 +64,19 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
+def add_summary_inputs(p: Any) -> None:
+    """The arguments both validation summaries read (``validate_summary.py``, ``validate_estimator_table.py``): the
+    bootstrap, the chosen samples, the training split (its row count is n), the target's name, the influence stage's
+    stats and the full-model retraining runs."""
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chosen", required=True)
+    p.add_argument("--train", required=True, help="the training split (its row count is n)")
+    p.add_argument("--target-name", choices=("validation", "test"), default="validation")
+    p.add_argument("--influence-stats", required=True, help="ihvp_stats.json of the influence stage")
+    p.add_argument("--full", nargs="+", required=True)
+
+
 def add_base_inputs(p: Any, *, splits: bool = True, chosen: bool = False, influence: bool = False) -> None:
     """The arguments of a job that starts from the base model and its splits (read by :func:`load_base_inputs`):
     ``--model``, ``--device``, ``--threads``, ``--no-truncation``; with ``splits`` the training and target splits

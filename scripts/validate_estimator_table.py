@@ -20,19 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molinfluence.cli import run  # noqa: E402
+from molinfluence.cli import add_summary_inputs, run  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bootstrap", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    add_summary_inputs(p)
     p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--chosen", required=True)
-    p.add_argument("--train", required=True, help="the training split (its row count is n)")
-    p.add_argument("--target-name", choices=("validation", "test"), default="validation")
-    p.add_argument("--influence-stats", required=True, help="ihvp_stats.json of the influence stage")
-    p.add_argument("--full", nargs="+", required=True)
     p.add_argument("--scores", required=True, help="scores.csv of validate_estimators.py")
     p.add_argument("--stats", required=True, help="stats.json of validate_estimators.py")
     p.add_argument("--out-table", required=True)
