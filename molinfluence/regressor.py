@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import check_fields
 from .molformer import MolformerConfig, MolformerModel, ModelLoadError, load_encoder
-from .batch import Batch, encode_frame, encode_split  # noqa: F401  (re-exported: the one tokenisation of a split)
+from .batch import Batch, Rows, encode_frame, encode_split  # noqa: F401  (re-exported: the one tokenisation of a split)
 from .tokenizer import load_tokenizer, save_tokenizer
 
 FORMAT_VERSION = 1
@@ -176,6 +176,27 @@ def load_regressor(directory: str | Path, *, device: str | torch.device = "cpu")
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, data: Rows, batch_size: int = 64) -> torch.Tensor:
+    """What ``model.head`` receives for every row of ``data`` in eval mode (pooled encoder output), float64, CPU.
+
+    Captured with a forward pre-hook on the head, so it is whatever the model's pooling (CLS or mean) gives: the
+    representation the convex reference fits a head on and the selectors compare molecules in.
+    """
+    captured: list[torch.Tensor] = []
+    hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for chunk in data.chunks(batch_size):
+            model(*(t.to(device) for t in chunk.inputs))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat(captured).to("cpu", torch.float64)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -24,6 +24,8 @@ LEFT_OUT: dict[str, tuple[str, ...]] = {
     "validate_convex": ("params",),
     # Each estimator of the comparison starts from every option (its spec overrides some).
     "validate_estimators": (),
+    # A model-ranked selector that reads influence (molinfluence.selectors) solves and scores with every option.
+    "rank_pool": (),
 }
 """Per rule, the influence options (besides :data:`WORKFLOW_KEYS`) that cannot change its outputs."""
 

@@ -168,7 +168,7 @@ class PoolContext:
 
     def features(self, name: str) -> np.ndarray:
         """What the model's head receives for every row of split ``name`` (its learned representation)."""
-        from .validation import head_inputs
+        from .regressor import head_inputs
 
         return self._cached(f"feat:{name}", lambda: head_inputs(self.model, self.rows(name)).numpy())
 

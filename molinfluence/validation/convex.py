@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..batch import Batch, FeatureBatch, Rows
+from ..batch import Batch, FeatureBatch
 from ..influence import InfluenceArgs, InfluenceDivergence, compute_ihvp, score_samples
 from ..loss import squared_error
-from .retrain import EVAL_BATCH_SIZE, _device_of
+from ..regressor import head_inputs
 
 # Convex solves stop when ‖∇F‖_∞ ≤ _LBFGS_GRAD_TOL × max(1, ‖∇F(center)‖_∞) or a round of L-BFGS no longer reduces
 # it (the objective's float64 rounding, about 1e-16 × F, limits how small the gradient can be made: typically
@@ -43,26 +43,6 @@ class FrozenFeatureHead(nn.Module):
 
     def influence_param_prefixes(self, spec: str) -> list[str] | None:
         return ["head"] if spec == "head" else None
-
-
-@torch.no_grad()
-def head_inputs(model: nn.Module, data: Rows, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """What ``model.head`` receives for every row of ``data`` in eval mode (pooled encoder output), float64, CPU.
-
-    Captured with a forward pre-hook on the head, so it is whatever the model's pooling (CLS or mean) gives.
-    """
-    captured: list[torch.Tensor] = []
-    hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
-    was_training = model.training
-    model.eval()
-    device = _device_of(model)
-    try:
-        for chunk in data.chunks(batch_size):
-            model(*(t.to(device) for t in chunk.inputs))
-    finally:
-        hook.remove()
-        model.train(was_training)
-    return torch.cat(captured).to("cpu", torch.float64)
 
 
 @dataclass

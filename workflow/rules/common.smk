@@ -164,15 +164,16 @@ def ranking_inputs(w):
 
 
 def ranking_args(w):
-    """A selector's arguments: only the config sections it reads (so an unrelated setting never reruns it)."""
-    args = ["--options", shlex.quote(jarg(SEL["selectors"])), "--seed", str(SEL["seed"])]
+    """A selector's arguments, as a list the shell command quotes ({params.args:q}): only the config sections it reads
+    (so an unrelated setting never reruns it)."""
+    args = ["--options", jarg(SEL["selectors"]), "--seed", str(SEL["seed"])]
     if w.strategy in NEEDS_IHVP:
-        args += ["--ihvp", shlex.quote(f"{R}/influence/hessian_inverse_fast.pt")]
+        args += ["--ihvp", f"{R}/influence/hessian_inverse_fast.pt"]
     if w.strategy in NEEDS_IHVP or w.strategy == "tracin":
-        args += ["--influence", shlex.quote(jarg({k: v for k, v in INF.items() if k != "target"}))]
+        args += ["--influence", jarg(influence_options("rank_pool", INF))]
     if w.strategy == "tracin":
-        args += ["--finetune", shlex.quote(train_args(SEL["selectors"]["tracin_epochs"], SEL["seed"]))]
-    return " ".join(args)
+        args += ["--finetune", train_args(SEL["selectors"]["tracin_epochs"], SEL["seed"])]
+    return args
 
 
 def recommended_pool():

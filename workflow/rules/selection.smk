@@ -107,7 +107,7 @@ rule rank_pool:
         f"{R}/benchmarks/selection/rank_{{strategy}}.tsv"
     shell:
         "{params.py:q} {params.script:q} --selector {wildcards.strategy} --k {params.k} --model {input.model:q}"
-        " --train {input.train:q} --target {input.target:q} --external {input.external:q} {params.args}"
+        " --train {input.train:q} --target {input.target:q} --external {input.external:q} {params.args:q}"
         " --device {params.device:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
