@@ -45,9 +45,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .batch import Batch, FeatureBatch, Rows
 from .influence import (
-    Batch,
-    FeatureBatch,
     IHVPResult,
     InfluenceArgs,
     SubsetObjective,
@@ -57,7 +56,7 @@ from .influence import (
     loss_gradient,
     score_samples,
 )
-from .batch import Rows
+from .metrics import bottom_k
 
 __all__ = [
     "SELECTORS",
@@ -195,12 +194,6 @@ def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (np.asarray(values, dtype=np.float64) - centre) / scale
 
 
-def _order(score: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` lowest scores, ties by position."""
-    score = np.asarray(score, dtype=np.float64)
-    return np.lexsort((np.arange(len(score)), score))[:k]
-
-
 def _check_k(ctx: PoolContext, k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= len(ctx.pool):
         raise ValueError(f"selection.k = {k!r} must be an integer in [0, {len(ctx.pool)}] (the pool size)")
@@ -324,7 +317,7 @@ def adaptive_greedy_order(
         history.append(scores)
         free = scores.copy()
         free[chosen] = np.inf
-        take = [int(i) for i in _order(free, min(per_round, k - len(chosen)))]
+        take = [int(i) for i in bottom_k(free, min(per_round, k - len(chosen)))]
         chosen.extend(take)
         if len(chosen) < k:
             newton_step(model, concat_rows(train, pool.subset(chosen)), args, progress)
@@ -379,7 +372,7 @@ def tracin_score(ctx: PoolContext) -> np.ndarray:
 
 def _by_score(score: Callable[[PoolContext], np.ndarray]) -> Callable[[PoolContext, int], np.ndarray]:
     def selector(ctx: PoolContext, k: int) -> np.ndarray:
-        return _order(score(ctx), _check_k(ctx, k))
+        return bottom_k(np.asarray(score(ctx), dtype=np.float64), _check_k(ctx, k))
 
     selector.score = score  # type: ignore[attr-defined]
     return selector
