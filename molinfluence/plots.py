@@ -388,3 +388,52 @@ def plot_estimator_comparison(df: pd.DataFrame, path: str | os.PathLike[str], ti
     axes[0].invert_yaxis()
     fig.suptitle(title, fontsize=9)
     return _save(fig, target)
+
+
+def plot_group_validation(per_subset: pd.DataFrame, summary: pd.DataFrame, selectors: Iterable[str],
+                          path: str | os.PathLike[str], title: str) -> Path:
+    """Group validation: one panel per selector, its predicted group effect (score summed over the subset) against
+    the measured Δ target loss (mean over seeds, ± sd), one colour per subset size k; the panel's title gives the
+    Spearman (LDS) over all k (within-k centred) or at the single k, with its interval and the noise ceiling.
+
+    ``per_subset``: columns ``k``, ``actual``, ``actual_sd`` and one per selector; ``summary``: the rows of
+    :func:`molinfluence.validation.groups.group_table`."""
+    target = _check_path(path)
+    selectors = list(selectors)
+    _require(per_subset, ["k", "actual", "actual_sd", *selectors], "group validation")
+    _require(summary, ["selector", "k", "spearman", "spearman_lo", "spearman_hi", "ceiling"], "group validation summary",
+             numeric=[])
+    cols = min(3, len(selectors))
+    rows = math.ceil(len(selectors) / cols)
+    fig = _new_figure(3.6 * cols, 3.2 * rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    ks = sorted(per_subset["k"].unique())
+    y = _finite(per_subset, "actual", "group validation")
+    yerr = _finite(per_subset, "actual_sd", "group validation", allow_nan=True)
+    overall = "all" if len(ks) > 1 else ks[0]
+    for ax, name in zip(axes, selectors):
+        x = _finite(per_subset, name, "group validation")
+        for i, k in enumerate(ks):
+            at = (per_subset["k"] == k).to_numpy()
+            ax.errorbar(x[at], y[at], yerr=np.nan_to_num(yerr[at]), linestyle="none", marker="o", markersize=4,
+                        capsize=2, elinewidth=0.7, alpha=0.8, color=f"C{i}", label=f"k = {k}")
+        ax.axhline(0.0, color="0.6", linewidth=0.6)
+        row = summary[(summary["selector"] == name) & (summary["k"].astype(str) == str(overall))]
+        text = "Spearman n/a"
+        if len(row) and pd.notna(row["spearman"].iloc[0]):
+            r = row.iloc[0]
+            text = f"Spearman {float(r['spearman']):.2f}"
+            if pd.notna(r["spearman_lo"]):
+                text += f" [{float(r['spearman_lo']):.2f}, {float(r['spearman_hi']):.2f}]"
+            if pd.notna(r["ceiling"]):
+                text += f"\nceiling {float(r['ceiling']):.2f}"
+        ax.set_title(f"{name}\n{text}", fontsize=8)
+        ax.set_xlabel("predicted (score summed over the subset)", fontsize=7)
+        ax.set_ylabel("actual Δ target loss", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(selectors):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, target)

@@ -8,7 +8,12 @@ Tables (each from the files the pipeline wrote; nothing is computed here but for
 - ``run``: the base model's test metrics (``base/metrics.json``) and the pipeline's IHVP (``influence/ihvp_stats.json``);
 - ``validation``: the influence-validation summary, one row per setting (``validation/influence_validation.json``);
 - ``estimators``: the estimator comparison (``validation/estimators.csv``);
-- ``metrics``: the fine-tuning table, ``metrics.md`` exactly as the ``metrics_table`` rule wrote it.
+- ``metrics``: the fine-tuning table, ``metrics.md`` exactly as the ``metrics_table`` rule wrote it;
+- ``groups``: the group validation (``groups/group_validation.md`` as the ``group_summary`` rule wrote it).
+
+``--figures DIR`` also copies the figures the README shows (:data:`FIGURES`, those that exist) into ``DIR``:
+
+    python -m molinfluence.report_tables results/ --figures docs/figures
 
 A table whose file is missing is named on stderr; asking for it explicitly (``--table``), or finding none at all, is an
 error. Stands alone: reads JSON/CSV/markdown, imports nothing of the pipeline.
@@ -29,7 +34,15 @@ TABLES: dict[str, tuple[str, ...]] = {
     "validation": ("validation/influence_validation.json",),
     "estimators": ("validation/estimators.csv",),
     "metrics": ("metrics.md",),
+    "groups": ("groups/group_validation.md",),
 }
+FIGURES: tuple[str, ...] = (
+    "figures/rmse_vs_k.png",
+    "validation/influence_validation.png",
+    "validation/estimators.png",
+    "groups/group_validation.png",
+)
+"""The figures the README and docs show, relative to the results folder (copied by ``--figures``)."""
 
 
 class ReportError(ValueError):
@@ -161,14 +174,20 @@ def metrics_table(results: Path) -> str:
     return (results / TABLES["metrics"][0]).read_text(encoding="utf-8").rstrip()
 
 
+def groups_table(results: Path) -> str:
+    return (results / TABLES["groups"][0]).read_text(encoding="utf-8").rstrip()
+
+
 BUILDERS: dict[str, Callable[[Path], str]] = {
     "run": run_table, "validation": validation_table, "estimators": estimators_table, "metrics": metrics_table,
+    "groups": groups_table,
 }
 TITLES = {
     "run": "Base model and IHVP",
     "validation": "Influence validation",
     "estimators": "Estimators compared",
     "metrics": "Fine-tuning table",
+    "groups": "Group validation",
 }
 
 
@@ -196,13 +215,35 @@ def report(results: str | Path, tables: Sequence[str] | None = None, *, warn: Ca
     return "\n\n".join(parts) + "\n"
 
 
+def copy_figures(results: str | Path, out: str | Path) -> list[Path]:
+    """Copy every figure of :data:`FIGURES` that exists under ``results`` into ``out`` (file name: the path with ``/``
+    as ``_``, e.g. ``groups_group_validation.png``); returns the copies. An error when none exists."""
+    import shutil
+
+    results, out = Path(results), Path(out)
+    found = [results / f for f in FIGURES if (results / f).is_file()]
+    if not found:
+        raise ReportError(f"{results}: none of the figures {', '.join(FIGURES)} found")
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in found:
+        target = out / str(path.relative_to(results)).replace("/", "_")
+        shutil.copyfile(path, target)
+        copies.append(target)
+    return copies
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="a finished run's results folder (e.g. results/)")
     parser.add_argument("--table", action="append", choices=list(TABLES), help="only this table (repeatable)")
+    parser.add_argument("--figures", metavar="DIR", help="also copy the README's figures that exist into DIR")
     args = parser.parse_args(argv)
     try:
         text = report(args.results, args.table, warn=lambda m: print(m, file=sys.stderr))
+        if args.figures:
+            for path in copy_figures(args.results, args.figures):
+                print(f"copied {path}", file=sys.stderr)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

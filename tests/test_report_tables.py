@@ -73,7 +73,7 @@ def test_missing_files_are_named_and_an_asked_table_is_required(tmp_path: Path) 
     warnings: list[str] = []
     text = report(results, warn=warnings.append)
     assert "Fine-tuning table" not in text and "Estimators compared" in text
-    assert len(warnings) == 1 and "metrics.md not found" in warnings[0]
+    assert len(warnings) == 2 and "metrics.md not found" in warnings[0] and "group_validation.md not found" in warnings[1]
     with pytest.raises(ReportError, match="metrics.md not found"):
         report(results, ["metrics"])
     with pytest.raises(ReportError, match="none of the files"):
@@ -158,3 +158,22 @@ def test_reads_the_validation_summary_the_pipeline_writes(tmp_path: Path) -> Non
     text = report(tmp_path, ["validation"])
     assert f"m = {len(EXT)} samples, n_train = {N_TRAIN}, target `validation`" in text
     assert "| full | 1.000 [" in text and "| convex | -1.000 [" in text
+
+
+def test_group_table_and_the_readme_figures_come_from_the_results_folder(tmp_path: Path) -> None:
+    from molinfluence.report_tables import FIGURES, copy_figures
+
+    results = _results(tmp_path)
+    (results / "groups").mkdir()
+    (results / "groups" / "group_validation.md").write_text("intro\n\n| selector | k |\n| --- | --- |\n| residual | all |\n")
+    assert "### Group validation (`groups/group_validation.md`)" in report(results, ["groups"])
+    assert "| residual | all |" in report(results)
+    with pytest.raises(ReportError, match="none of the figures"):
+        copy_figures(results, tmp_path / "figs")
+    (results / "groups" / "group_validation.png").write_bytes(b"png-bytes")
+    assert "groups/group_validation.png" in FIGURES
+    proc = subprocess.run([sys.executable, "-m", "molinfluence.report_tables", str(results), "--table", "groups",
+                           "--figures", str(tmp_path / "figs")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "figs" / "groups_group_validation.png").read_bytes() == b"png-bytes"
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["groups_group_validation.png"]

@@ -37,6 +37,7 @@ CI_CONFIG = {
     "selection": {"strategies": ["most_negative"], "k": [20]},
     "finetune": {"inits": ["continue"], "seeds": [0], "epochs": 2},
     "validation": {"enabled": False},
+    "groups": {"enabled": False},
 }
 FINETUNE_DIRS = ("continue/most_negative/k20/seed0", "continue/none/k0/seed0")
 FINETUNE_JOBS = 2  # one job per condition (init, strategy, k), whatever the number of seeds

@@ -108,6 +108,7 @@ def all_targets():
         f"{R}/{RECOMMENDED}",
         *figure_files(),
         *validation_files(),
+        *group_files(),
     ]
 
 
@@ -118,6 +119,25 @@ def validation_files():
     names = ("influence_validation.json", "influence_validation.png", "influence_validation_convex.png", "estimators.csv",
              "estimators.png")
     return [f"{R}/validation/{name}" for name in names]
+
+
+def group_files():
+    """The group validation's outputs, in rule all only with groups.enabled (it fine-tunes once per subset and seed)."""
+    if not config["groups"]["enabled"]:
+        return []
+    return [f"{R}/groups/{name}" for name in ("group_validation.csv", "group_validation.md", "group_validation.png")]
+
+
+def group_score_files():
+    """What group validation correlates, selector -> its score table: the pipeline's influence scores (most_negative)
+    and the ranking of every model-ranked selector the config names (selection.strategies, selection.default) that
+    scores the whole pool (adaptive_greedy ranks only its first picks)."""
+    named = [*SEL["strategies"], SEL["default"]]
+    files = {"most_negative": f"{R}/influence/scores.csv"}
+    for strategy in MODEL_RANKED:
+        if strategy in named and strategy != "adaptive_greedy":
+            files[strategy] = ranking_pattern(R).format(strategy=strategy)
+    return files
 
 
 # Input functions and helpers of the stage files (kept here: Snakemake's linter wants rules and functions apart).
