@@ -2,12 +2,14 @@
 
     python benchmarks/selection.py [--config examples/bed.yaml] [--expensive] [--modes swap,offset] [--seeds 5]
                                    [--ks 100,200] [--selectors residual,knn_agreement] [--csv out.csv]
-                                   [--cache-dir results/bed_cache]
+                                   [--groups 12] [--cache-dir results/bed_cache]
 
 Prints the bed's base test R², per planted mode the oracle margin at each k (adding only clean rows vs random picks
 of the whole pool, paired over fine-tune seeds; p ≥ alpha: the bed cannot judge that mode at that k), and per
 selector its AUROC (clean ranked before corrupted), the clean share of its top k and its ΔMSE vs random at each k
-with the paired p. Selectors adaptive_greedy and tracin are skipped unless --expensive. Prints its own timing.
+with the paired p; with --groups N (or ``groups:`` in the config), per selector the group validation: the Spearman (LDS)
+of its summed score with the measured Δ test MSE of N random pool subsets per size, with its interval and the noise
+ceiling. Selectors adaptive_greedy and tracin are skipped unless --expensive. Prints its own timing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ks", help="comma-separated k values")
     p.add_argument("--seeds", type=int, help="fine-tune seeds (paired)")
     p.add_argument("--selectors", help="comma-separated selector names (default: every cheap one)")
+    p.add_argument("--groups", type=int, help="group validation: random pool subsets per size (0: off)")
     p.add_argument("--threads", type=int)
     p.add_argument("--cache-dir", default="results/bed_cache",
                    help="keep the trained base model here and reuse it (empty string: no cache)")
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["selectors"] = args.selectors.split(",")
     if args.threads is not None:
         settings["threads"] = args.threads
+    if args.groups is not None:
+        settings["groups"] = args.groups
     cfg = BedConfig.from_dict(settings)
     t0 = time.perf_counter()
     result = run_bed(cfg, expensive=args.expensive, cache_dir=args.cache_dir or None,
@@ -62,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
 
         with atomic_path(args.csv) as tmp:
             result["rows"].to_csv(tmp, index=False)
+        if result["groups"] is not None:
+            with atomic_path(Path(args.csv).with_suffix(".groups.csv")) as tmp:
+                result["groups"].to_csv(tmp, index=False)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s (threads {cfg.threads})")
 
 

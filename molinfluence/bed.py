@@ -17,6 +17,11 @@
   judge that mode at that k.
 - Per selector (:data:`molinfluence.selectors.SELECTORS`): AUROC of its ranking (clean ranked before corrupted),
   clean share of its top k and ΔMSE vs random at each k.
+- Group validation (``groups`` > 0): ``groups`` seeded random subsets of the planted pool at each size of
+  ``group_ks`` (default ``ks``) are each added and fine-tuned at every seed, with a baseline fine-tune without
+  additions per seed; every selector's score summed over a subset is correlated with the measured Δ test MSE
+  (:func:`molinfluence.validation.groups.group_table`: Spearman = LDS, Pearson, bootstrap intervals, the seeds' noise
+  ceiling). adaptive_greedy has no score for every row and is left out.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class BedConfig:
     finetune: dict = field(default_factory=lambda: dict(lr=2e-4, epochs=5, batch_size=32, patience=5))
     influence: dict = field(default_factory=lambda: dict(method="cg", damping=0.01))
     selectors: Sequence[str] | None = None  # None: every selector except EXPENSIVE
+    groups: int = 0  # random pool subsets per size for group validation (0: none)
+    group_ks: Sequence[int] | None = None  # their sizes (None: ks)
     threads: int = 1  # per process: on a shared 2-core machine two threads ran an epoch 5–60× slower than one
     workers: int = 2  # fine-tune processes (spawned); 1 = in this process
 
@@ -77,6 +84,8 @@ class BedConfig:
                 raise ValueError(f"bed.ks: k = {k} must be in [1, {self.pool - n_bad}] (the pool's clean rows)")
         if self.seeds < 2:
             raise ValueError(f"bed.seeds = {self.seeds} must be ≥ 2 for a paired test")
+        if self.groups < 0 or (self.groups and self.groups < 3):
+            raise ValueError(f"bed.groups = {self.groups} must be 0 (off) or ≥ 3 subsets per size")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BedConfig":
@@ -348,7 +357,8 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
     log(f"base model: test R² {base['r2']:.3f}, MSE {base['mse']:.4f} ({time.perf_counter() - t_start:.0f} s)")
     names = selector_names(cfg, expensive)
     kmax = max(int(k) for k in cfg.ks)
-    planted, orders, auc, tasks = {}, {}, {}, []
+    planted, orders, auc, tasks, group_scores = {}, {}, {}, [], {}
+    subsets = group_subsets(cfg)
     shared_ihvp = None
     for mode in cfg.modes:
         pool, bad = plant(splits["pool"], mode, cfg.corrupted, cfg.data_seed, sd, offset_sd=cfg.offset_sd,
@@ -363,6 +373,8 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
             k_rank = kmax if name == "adaptive_greedy" else len(pool)
             orders[mode, name] = np.asarray(SELECTORS[name](ctx, k_rank))
             auc[mode, name] = auroc(orders[mode, name], ~bad)
+            if cfg.groups and hasattr(SELECTORS[name], "score"):
+                group_scores[mode, name] = np.asarray(SELECTORS[name].score(ctx), dtype=np.float64)
             log(f"  [{mode}] ranked by {name} ({time.perf_counter() - t0:.1f} s)")
         shared_ihvp = ctx.ihvp  # the base IHVP depends on train and validation only: every mode reuses it
         for seed in range(cfg.seeds):
@@ -372,6 +384,10 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
                 picks["random", k] = rng.permutation(len(pool))[:k]
                 picks["oracle", k] = rng.permutation(np.flatnonzero(~bad))[:k]
                 picks.update({(name, k): orders[mode, name][:k] for name in names})
+            if subsets is not None:
+                picks[GROUP_BASELINE, 0] = np.array([], dtype=np.int64)
+                for subset, members in subsets.groupby("subset")["ext_index"]:
+                    picks[f"{GROUP}{subset}", len(members)] = members.to_numpy()
             tasks.append((mode, seed, picks))
     t_ft = time.perf_counter()
     n_ft = sum(len(t[2]) for t in tasks)
@@ -418,8 +434,39 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
                                  clean_share=share, clean_quarter=quarter, mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)),
                                  delta=delta, p=p, judged=judged, mean_shift=float(shift)))
     table = pd.DataFrame(rows)
-    return {"r2": float(base["r2"]), "base_mse": float(base["mse"]), "rows": table,
+    groups = None
+    if subsets is not None:
+        groups = pd.concat([group_summary(subsets, mse, mode, {n: v for (m, n), v in group_scores.items() if m == mode})
+                            .assign(mode=mode) for mode in cfg.modes], ignore_index=True)
+    return {"r2": float(base["r2"]), "base_mse": float(base["mse"]), "rows": table, "groups": groups,
             "seconds": time.perf_counter() - t_start}
+
+
+GROUP = "group:"
+GROUP_BASELINE = "group:baseline"
+
+
+def group_subsets(cfg: BedConfig) -> pd.DataFrame | None:
+    """The group validation's random subsets of the pool (``ext_index`` = pool position), or None when off."""
+    if not cfg.groups:
+        return None
+    from .validation.groups import draw_subsets
+
+    return draw_subsets(np.arange(cfg.pool), cfg.group_ks or cfg.ks, cfg.groups, cfg.data_seed)
+
+
+def group_summary(subsets: pd.DataFrame, mse: dict, mode: str, scores: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One mode's group validation: each selector's summed score vs the measured Δ test MSE over the subsets."""
+    from .validation.groups import BASELINE, group_table, predicted_effects
+
+    runs = []
+    for (m, arm, k), values in mse.items():
+        if m != mode or not arm.startswith(GROUP):
+            continue
+        subset = BASELINE if arm == GROUP_BASELINE else int(arm.removeprefix(GROUP))
+        runs += [{"subset": subset, "k": k, "seed": seed, "target_loss": v} for seed, v in enumerate(values)]
+    predicted = predicted_effects(subsets, {name: pd.Series(v) for name, v in scores.items()})
+    return group_table(predicted, pd.DataFrame(runs))[0]
 
 
 def report(result: dict[str, Any], cfg: BedConfig) -> str:
@@ -445,4 +492,14 @@ def report(result: dict[str, Any], cfg: BedConfig) -> str:
                 cells.append(f"{row.clean_share:9.2f} {row.delta:+9.4f} {row.p:6.3f}")
             au, quarter = part[part.arm == arm][["auroc", "clean_quarter"]].iloc[0]
             lines.append(f"  {arm:20s} {au:6.3f} {quarter:8.2f} " + " ".join(cells))
+        groups = result.get("groups")
+        if groups is not None:
+            g = groups[groups["mode"] == mode]
+            lines.append(f"  group validation (Δ test MSE of {int(g.subsets.max())} random subsets vs each selector's "
+                         f"summed score; Spearman [95 % CI]; positive = agreement; noise ceiling "
+                         f"{g.ceiling.iloc[-1]:.2f}):")
+            for sel, gs in g.groupby("selector", sort=False):
+                cells = [f"k={r.k}: {r.spearman:+.2f} [{r.spearman_lo:+.2f}, {r.spearman_hi:+.2f}]"
+                         for r in gs.itertuples()]
+                lines.append(f"    {sel:20s} " + "   ".join(cells))
     return "\n".join(lines)

@@ -122,7 +122,7 @@ def test_bed_config_rejects_bad_settings():
 
 def test_a_tiny_bed_runs_end_to_end_and_pairs_every_arm_with_random(tmp_path):
     cfg = bed.BedConfig(n_train=80, n_validation=30, n_test=30, pool=40, ks=[10], seeds=2, modes=["offset"],
-                        selectors=["residual"], base={"epochs": 1}, finetune={"epochs": 1}, workers=1,
+                        selectors=["residual"], base={"epochs": 1}, finetune={"epochs": 1}, workers=1, groups=3,
                         model=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                                    num_random_features=8))
     result = bed.run_bed(cfg, cache_dir=tmp_path, log=lambda _m: None)
@@ -134,3 +134,8 @@ def test_a_tiny_bed_runs_end_to_end_and_pairs_every_arm_with_random(tmp_path):
     assert rows["judged"].nunique() == 1  # one verdict per (mode, k), from the oracle's p
     assert list(tmp_path.glob("base-*.pt"))  # the base model is cached for the next run
     assert "mode offset" in bed.report(result, cfg)
+    # group validation: the selector's summed score against the measured Δ test MSE of 3 random subsets of 10
+    groups = result["groups"]
+    assert groups[["mode", "selector", "k", "subsets"]].values.tolist() == [["offset", "residual", 10, 3]]
+    assert -1 <= groups.spearman.iloc[0] <= 1
+    assert "group validation" in bed.report(result, cfg)
