@@ -2,7 +2,7 @@
 
     python benchmarks/selection.py [--config examples/bed.yaml] [--expensive] [--modes swap,offset] [--seeds 5]
                                    [--ks 100,200] [--selectors residual,knn_agreement] [--csv out.csv]
-                                   [--groups 12] [--cache-dir results/bed_cache]
+                                   [--groups 10] [--group-ks 100] [--cache-dir results/bed_cache]
 
 Prints the bed's base test R², per planted mode the oracle margin at each k (adding only clean rows vs random picks
 of the whole pool, paired over fine-tune seeds; p ≥ alpha: the bed cannot judge that mode at that k), and per
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, help="fine-tune seeds (paired)")
     p.add_argument("--selectors", help="comma-separated selector names (default: every cheap one)")
     p.add_argument("--groups", type=int, help="group validation: random pool subsets per size (0: off)")
+    p.add_argument("--group-ks", help="comma-separated subset sizes of the group validation (default: --ks)")
     p.add_argument("--threads", type=int)
     p.add_argument("--cache-dir", default="results/bed_cache",
                    help="keep the trained base model here and reuse it (empty string: no cache)")
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["threads"] = args.threads
     if args.groups is not None:
         settings["groups"] = args.groups
+    if args.group_ks:
+        settings["group_ks"] = [int(k) for k in args.group_ks.split(",")]
     cfg = BedConfig.from_dict(settings)
     t0 = time.perf_counter()
     result = run_bed(cfg, expensive=args.expensive, cache_dir=args.cache_dir or None,

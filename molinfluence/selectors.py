@@ -23,7 +23,7 @@ selectors here answer the question with other evidence, or combine it with influ
   on the enlarged objective (``θ ← θ − (C + λI)⁻¹ ∇L_{train ∪ chosen}``, exact for least squares) and recomputes the
   target gradient, the IHVP and the scores at the new θ.
 - ``tracin``: TracIn over the checkpoints of a short real fine-tune from the base model on the training split
-  (``tracin_epochs`` epochs of the fine-tune recipe): ``Σ_c lr ⟨∇ℓ(z; θ_c), ∇L_target(θ_c)⟩`` with θ_c the weights at
+  (``tracin_epochs`` epochs of the fine-tune recipe, one run of the training function, AdamW state kept): ``Σ_c lr ⟨∇ℓ(z; θ_c), ∇L_target(θ_c)⟩`` with θ_c the weights at
   the start of each epoch, reported with the influence sign (``−Σ_c lr ⟨…⟩``, negative = adding z lowers the target
   loss along the trajectory).
 - ``most_negative``: the pipeline's influence score, lowest first (as :func:`molinfluence.selection.select`).
@@ -344,20 +344,18 @@ def tracin_scores(
 
 
 def fine_tune_checkpoints(ctx: PoolContext) -> list[tuple[nn.Module, float]]:
-    """The weights at the start of each epoch of a short fine-tune of the base model on the training split (the
-    fine-tune recipe, one epoch per call of the one training function, seeded per epoch)."""
+    """The weights at the start of each epoch of one short fine-tune of the base model on the training split (the
+    fine-tune recipe with ``tracin_epochs`` epochs and no early stopping, seed ``ctx.seed``): one run of the one
+    training function, its AdamW state carried across epochs as the grid's fine-tune does."""
     from .training import TrainConfig, train_regressor
 
     cfg = ctx.finetune if ctx.finetune is not None else TrainConfig()
-    model = copy.deepcopy(ctx.model)
-    checkpoints = []
-    for epoch in range(ctx.options.tracin_epochs):
-        checkpoints.append((copy.deepcopy(model).eval(), cfg.lr))
-        if epoch + 1 == ctx.options.tracin_epochs:
-            break
-        step = TrainConfig(**{**cfg.to_dict(), "epochs": 1, "patience": 1, "seed": ctx.seed * 1000 + epoch,
-                              "device": ctx.device})
-        train_regressor(model, ctx.tokenizer, ctx.train, ctx.target, step, log=lambda _m: None, progress=False)
+    epochs = ctx.options.tracin_epochs
+    run = TrainConfig(**{**cfg.to_dict(), "epochs": epochs, "patience": epochs, "seed": ctx.seed, "device": ctx.device})
+    checkpoints: list[tuple[nn.Module, float]] = []
+    train_regressor(copy.deepcopy(ctx.model), ctx.tokenizer, ctx.train, ctx.target, run,
+                    on_epoch=lambda _epoch, model: checkpoints.append((copy.deepcopy(model).eval(), run.lr)),
+                    log=lambda _m: None, progress=False)
     return checkpoints
 
 

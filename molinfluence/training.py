@@ -551,6 +551,7 @@ def fit(
     chunk: int | None = None,
     checkpoint_dir: str | Path | None = None,
     code: str | None = None,
+    on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> TrainResult:
@@ -569,7 +570,8 @@ def fit(
       rows at an absolute weight (:class:`Extra`). This is the validation stage's retraining.
 
     ``code`` is the hash of the code that runs (default: :func:`training_code`), part of the run identity a resume
-    checkpoint must match.
+    checkpoint must match. ``on_epoch(epoch, model)`` (epochs schedule) is called at the start of every epoch, before
+    it trains: the trajectory's checkpoints (TracIn's θ_c), without a second training loop.
     """
     if steps is None and validation is None:
         raise ValueError("epochs with early stopping need a validation split (or give a fixed number of steps)")
@@ -610,6 +612,8 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stopped_early:
             break
+        if on_epoch is not None:
+            on_epoch(epoch, model)
         t0 = time.perf_counter()
         train_loss, _ = run_epoch(model, optimizer, data, cfg, device, epoch, log=log, progress=progress, **step_args)
         val_loss = split_mse(model, val, cfg.eval_batch_size_for(device))
@@ -670,6 +674,7 @@ def train_regressor(
     weights: np.ndarray | None = None,
     checkpoint_dir: str | Path | None = None,
     code: str | None = None,
+    on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> TrainResult:
@@ -678,7 +683,8 @@ def train_regressor(
     The tables are checked and encoded (:func:`encode_splits`), then trained by :func:`fit` (epochs with early
     stopping). ``weights`` (one per training row, ≥ 0) multiply the per-sample squared errors (the ``weighted``
     selection strategy); the batch loss is their mean. ``checkpoint_dir`` enables resuming a killed run from its last
-    completed epoch; ``code`` the hash of the running code (part of the run identity).
+    completed epoch; ``code`` the hash of the running code (part of the run identity); ``on_epoch`` as in :func:`fit`.
     """
     data, val = encode_splits(tokenizer, train, validation, cfg, weights, log)
-    return fit(model, data, cfg, validation=val, checkpoint_dir=checkpoint_dir, code=code, log=log, progress=progress)
+    return fit(model, data, cfg, validation=val, checkpoint_dir=checkpoint_dir, code=code, on_epoch=on_epoch, log=log,
+               progress=progress)

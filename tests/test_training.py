@@ -27,10 +27,10 @@ def splits(molecules):
     return data.iloc[:80].reset_index(drop=True), data.iloc[80:100].reset_index(drop=True), data.iloc[100:].reset_index(drop=True)
 
 
-def _train(encoder_dir, train, val, *, log=None, **overrides):
+def _train(encoder_dir, train, val, *, log=None, on_epoch=None, **overrides):
     cfg = TrainConfig(**{"lr": 3e-3, "epochs": 4, "batch_size": 16, "patience": 2, "seed": 1, **overrides})
     model, tok = new_regressor(encoder_dir, RegressorSpec(), seed=cfg.seed)
-    kwargs = {"progress": False, "log": log or (lambda _: None)}
+    kwargs = {"progress": False, "log": log or (lambda _: None), "on_epoch": on_epoch}
     result = train_regressor(model, tok, train, val, cfg, **{k: v for k, v in kwargs.items()})
     return model, tok, cfg, result
 
@@ -68,6 +68,22 @@ def test_same_seed_gives_bit_identical_weights(tiny_encoder_dir, splits):
     for name, p in a.state_dict().items():
         assert torch.equal(p, b.state_dict()[name]), name
     assert any(not torch.equal(p, c.state_dict()[n]) for n, p in a.state_dict().items())
+
+
+def test_epoch_callback_sees_the_trajectory_without_changing_it(tiny_encoder_dir, splits):
+    """TracIn's checkpoints come from the run itself: on_epoch sees the weights at the start of every epoch (the first
+    = the start weights, each later one = what the epoch before trained) and the run ends bit-identical to one without
+    the callback."""
+    train, val, _ = splits
+    seen = []
+    a, *_ = _train(tiny_encoder_dir, train, val, epochs=3, patience=3, lr=3e-2,
+                   on_epoch=lambda epoch, model: seen.append((epoch, _state(model))))
+    b, *_ = _train(tiny_encoder_dir, train, val, epochs=3, patience=3, lr=3e-2)
+    assert [e for e, _ in seen] == [1, 2, 3]
+    start, _ = new_regressor(tiny_encoder_dir, RegressorSpec(), seed=1)
+    assert all(torch.equal(p, seen[0][1][n]) for n, p in start.state_dict().items())
+    assert any(not torch.equal(seen[0][1][n], seen[1][1][n]) for n in seen[0][1])  # an epoch trained in between
+    assert all(torch.equal(p, b.state_dict()[n]) for n, p in a.state_dict().items())
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir, splits):
