@@ -555,7 +555,8 @@ def main() -> None:
     budget_kind = "projected" if args.no_ihvp else "measured"
     n_pool = len(tables["external"])
     row(f"IHVP + scoring at this run's sizes ({n_train} training, {n_pool} pool molecules): the selectors' yardstick",
-        f"{budget_s:.2f} s = {ihvp_n_s:.2f} s IHVP + {score_s:.2f} s scoring", budget_kind)
+        f"{budget_s:.2f} s = {ihvp_n_s:.2f} s IHVP{' (its upper bound: --no-ihvp)' if args.no_ihvp else ''} + "
+        f"{score_s:.2f} s scoring", budget_kind)
 
     def make_ctx(**options: Any) -> PoolContext:
         return selector_context(trained, tokenizer, tables, inf_args, given, config, device, **options)
