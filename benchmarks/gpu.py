@@ -19,8 +19,13 @@ fine-tune job (a subprocess doing imports, device initialisation and model loadi
 on a mini-batch and on the full training split; the default config's IHVP run through ``compute_ihvp`` (seconds, and
 ``hvp_full_equivalents`` against the pre-issue-11 default's 82.2, computed from its step counts in benchmarks/costs.py;
 ``--no-ihvp`` prints an upper bound instead); scoring the external pool; peak memory; the throughput of several training processes sharing the device (one epoch each, ``--concurrent N``, default
-config.yaml's ``finetune.concurrent_seeds``) against one; and the projected wall time of config.yaml's DAG, with one
-fine-tune job per seed, with one per condition (all its seeds in one process), and with its seeds N at a time.
+config.yaml's ``finetune.concurrent_seeds``) against one; each selector of ``molinfluence.selectors`` as rule rank_pool
+runs it (a fresh ``PoolContext`` given the precomputed IHVP, ``selectors.ranking`` of ``ranking_length`` rows), in
+seconds and as a ratio to the IHVP + scoring measured in this run (issue 17's budget: the recommended selector at most
+2x), after the quantities several selectors share (tokenising, predictions, head features, influence scores), each on
+one fresh context; with ``--quick`` or ``--no-ihvp`` adaptive_greedy runs one round and its further rounds are
+projected from the IHVP and scoring rows; and the projected wall time of config.yaml's DAG, with one fine-tune job per
+seed, with one per condition (all its seeds in one process), and with its seeds N at a time.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ from costs import previous_defaults_cost  # noqa: E402  (benchmarks/, the script
 from molinfluence.loss import squared_error  # noqa: E402
 from molinfluence.molformer import MolformerConfig, MolformerModel  # noqa: E402
 from molinfluence.batch import Batch  # noqa: E402
+from molinfluence.grid import MODEL_RANKED  # noqa: E402
 from molinfluence.regressor import MolformerRegressor, RegressorSpec, pick_device, save_regressor  # noqa: E402
+from molinfluence.selectors import SELECTORS, PoolContext, SelectorOptions, knn_score, ranking, ranking_length  # noqa: E402
 from molinfluence.tokenizer import build_smiles_tokenizer, encode_smiles  # noqa: E402
 from molinfluence.training import (  # noqa: E402
     FeatureDraws,
@@ -344,6 +351,44 @@ def concurrent_epochs(model: MolformerRegressor, tokenizer: Any, tables: dict[st
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Selectors (issue 17 item 3)
+
+
+def selector_context(model: MolformerRegressor, tokenizer: Any, tables: dict[str, pd.DataFrame], inf_args: Any,
+                     ihvp: Any, config: dict[str, Any], device: torch.device, **options: Any) -> PoolContext:
+    """A fresh context as rule rank_pool builds one (scripts/rank_pool.py): the base model, the training split, the
+    validation split as target, the external pool, config.yaml's influence options and ``selection.selectors`` (with
+    ``options`` overriding), tracin's fine-tune recipe (``train`` with ``tracin_epochs`` epochs) and the precomputed
+    IHVP (the pipeline's ``hessian_inverse_fast.pt``). Nothing is cached yet: a selector timed on it pays for
+    everything it needs (tokenising, forward passes, scoring) except the IHVP, as a rank_pool job does."""
+    sel = config["selection"]
+    recipe = TrainConfig.from_dict({**config["train"], "epochs": sel["selectors"]["tracin_epochs"], "seed": sel["seed"],
+                                    "max_length": config["model"]["max_length"],
+                                    "truncation": config["model"]["truncation"], "device": str(device)})
+    return PoolContext(model, tokenizer, tables["train"], tables["validation"], tables["external"], inf_args,
+                       finetune=recipe, seed=sel["seed"], device=str(device), ihvp=ihvp,
+                       options=SelectorOptions(**{**sel["selectors"], **options}))
+
+
+def shared_quantities(make_ctx: Callable[..., PoolContext], device: torch.device) -> list[tuple[str, float]]:
+    """Seconds of each quantity a context caches and several selectors read, timed one after another on one fresh
+    context (each row pays only for itself: what it builds on is cached by the rows above)."""
+    ctx = make_ctx()
+    steps = [
+        ("tokenise train + target + pool (ctx.rows)", lambda: [ctx.rows(n) for n in ("train", "target", "pool")]),
+        ("base model's predictions on target + pool (every ranking's prediction column; the residual selectors)",
+         lambda: [ctx.predictions(n) for n in ("target", "pool")]),
+        ("features (head inputs) of the training split (knn_agreement, consensus)", lambda: ctx.features("train")),
+        ("features (head inputs) of the pool (knn_agreement, consensus)", lambda: ctx.features("pool")),
+        (f"nearest-neighbour search, pool x train cosine, knn={ctx.options.knn} (features cached)",
+         lambda: knn_score(ctx)),
+        ("influence scores of the pool, IHVP given (most_negative, believable_helpful, clipped_influence)",
+         lambda: ctx.influence_scores()),
+    ]
+    return [(what, seconds(fn, device)) for what, fn in steps]
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # DAG projection
 
 
@@ -501,6 +546,52 @@ def main() -> None:
                                    for n, s in zip(obj.names, obj.shapes)}, stats={}, args={})
     score_s = seconds(lambda: api["score_samples"](trained, ihvp, batch["external"], inf_args.scoring.batch_size), device, reps)
     row(f"scoring the external pool ({len(batch['external'])} molecules, batches of {inf_args.scoring.batch_size})", f"{score_s:.2f} s")
+
+    # 5b. Each selector as rule rank_pool runs it: a fresh context, the precomputed IHVP given (issue 17 item 3).
+    sel = config["selection"]
+    given = ihvp if args.no_ihvp else result  # a random IHVP scores as fast as the real one
+    ihvp_n_s = ihvp_equiv * full_s if args.no_ihvp else st["seconds"]  # the IHVP at this run's training split
+    budget_s = ihvp_n_s + score_s
+    budget_kind = "projected" if args.no_ihvp else "measured"
+    n_pool = len(tables["external"])
+    row(f"IHVP + scoring at this run's sizes ({n_train} training, {n_pool} pool molecules): the selectors' yardstick",
+        f"{budget_s:.2f} s = {ihvp_n_s:.2f} s IHVP{' (its upper bound: --no-ihvp)' if args.no_ihvp else ''} + "
+        f"{score_s:.2f} s scoring", budget_kind)
+
+    def make_ctx(**options: Any) -> PoolContext:
+        return selector_context(trained, tokenizer, tables, inf_args, given, config, device, **options)
+
+    for what, part_s in shared_quantities(make_ctx, device):
+        row(f"  shared: {what}", f"{part_s:.2f} s")
+    rounds, tracin_epochs = sel["selectors"]["rounds"], sel["selectors"]["tracin_epochs"]
+    selector_s: dict[str, float] = {}
+    for name in SELECTORS:
+        n_ranked = ranking_length(name, max(sel["k"]), n_pool)
+        how, kind = "", "measured"
+        if name == "adaptive_greedy" and rounds > 1 and (args.quick or args.no_ihvp):
+            ctx = make_ctx(rounds=1)
+            one_s = seconds(lambda: ranking(ctx, name, n_ranked), device)
+            # Each further round: a Newton step and an IHVP on train + chosen (at most n_train + k rows), a re-scoring.
+            grown = (n_train + n_ranked) / n_train
+            selector_s[name] = one_s + (rounds - 1) * (2 * ihvp_n_s * grown + score_s)
+            how, kind = (f"; 1 round measured ({one_s:.2f} s) + {rounds - 1} x (2 IHVPs on <= {n_train + n_ranked} rows "
+                         f"+ a scoring) from the rows above"), "projected"
+        else:
+            ctx = make_ctx()
+            selector_s[name] = seconds(lambda: ranking(ctx, name, n_ranked), device)
+            if name == "tracin":
+                how = (f"; its {tracin_epochs - 1} fine-tune epoch(s) are about {(tracin_epochs - 1) * call_s:.2f} s of it "
+                       f"(the epoch row above), then {tracin_epochs} checkpoint(s) scored")
+            elif name == "adaptive_greedy":
+                how = f"; {rounds} rounds: {rounds - 1} Newton steps and {rounds - 1} IHVPs on train + chosen"
+        ratio = selector_s[name] / budget_s
+        row(f"selector {name}{' (selection.default)' if name == sel['default'] else ''}: ranks {n_ranked} pool rows, "
+            f"fresh context, IHVP given",
+            f"{selector_s[name]:.2f} s = {ratio:.2f}x IHVP + scoring: {'within' if ratio <= 2 else 'OVER'} the 2x budget"
+            + how, "measured" if kind == budget_kind == "measured" else "projected")
+    default_ratio = selector_s[sel["default"]] / budget_s
+    row(f"recommended selector (selection.default: {sel['default']}) against the budget of 2x IHVP + scoring",
+        f"{default_ratio:.2f}x: {'within' if default_ratio <= 2 else 'OVER'}", budget_kind)
     row("peak memory", peak_memory(device))
 
     # 6. Projection of config.yaml's DAG.
@@ -519,13 +610,17 @@ def main() -> None:
     # n seeds at once: waves of n seeds, each wave taking n / speedup times one seed's time.
     workers = min(n_concurrent, seeds)
     concurrent_jobs = epochs_s / seeds * math.ceil(seeds / workers) * workers / speedup + len(conditions) * fixed_s
-    rest = base_s + ihvp_s + score_s + 2 * fixed_s
+    ranked_jobs = [s for s in MODEL_RANKED if s in sel["strategies"] or s == sel["default"]]
+    rank_s = sum(fixed_s + selector_s[s] * scale for s in ranked_jobs)  # scaled with the training split: an upper bound
+    rest = base_s + ihvp_s + score_s + 2 * fixed_s + rank_s
     row("train_base (no early stop)", f"{base_s:.0f} s", "projected")
+    row(f"rank_pool jobs of config.yaml ({', '.join(ranked_jobs) or 'none'}), at {real_train} training molecules",
+        f"{rank_s:.0f} s", "projected")
     row(f"fine-tune grid: {len(conditions)} conditions x {seeds} seeds x {ft_epochs} epochs (no early stop)",
         f"{epochs_s / 60:.1f} min of epochs; + job starts: {per_seed_jobs / 60:.1f} min with one job per seed, "
         f"{per_condition_jobs / 60:.1f} min with one job per condition"
         + (f", {concurrent_jobs / 60:.1f} min with {workers} seeds at a time" if workers > 1 else ""), "projected")
-    row("config.yaml DAG (train_base + IHVP + scoring + fine-tunes, one job at a time on this device)",
+    row("config.yaml DAG (train_base + IHVP + scoring + rank_pool + fine-tunes, one job at a time on this device)",
         f"{(rest + per_seed_jobs) / 60:.1f} min (job per seed), {(rest + per_condition_jobs) / 60:.1f} min (job per condition)"
         + (f", {(rest + concurrent_jobs) / 60:.1f} min (job per condition, {workers} seeds at a time)" if workers > 1 else ""),
         "projected")

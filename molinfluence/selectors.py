@@ -67,6 +67,7 @@ __all__ = [
     "newton_step",
     "tracin_scores",
     "ranking",
+    "ranking_length",
 ]
 
 
@@ -397,6 +398,12 @@ SELECTORS: dict[str, Callable[[PoolContext, int], np.ndarray]] = {
     "tracin": _by_score(tracin_score),
 }
 """name -> selector(ctx, k): the k chosen pool positions, most recommended first."""
+
+
+def ranking_length(name: str, largest_k: int, pool_size: int) -> int:
+    """How many rows the pipeline ranks with selector ``name`` (rule rank_pool): every pool row, except with
+    adaptive_greedy, whose picks depend on k: its first ``largest_k`` (selection.k's largest; smaller k are prefixes)."""
+    return min(largest_k, pool_size) if name == "adaptive_greedy" else pool_size
 
 
 def ranking(ctx: PoolContext, name: str, k: int) -> pd.DataFrame:

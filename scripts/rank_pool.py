@@ -42,7 +42,7 @@ def main() -> None:
     from molinfluence.files import write_csv
     from molinfluence.influence import InfluenceArgs, load_ihvp
     from molinfluence.regressor import load_regressor, pick_device
-    from molinfluence.selectors import SELECTORS, PoolContext, SelectorOptions, ranking
+    from molinfluence.selectors import SELECTORS, PoolContext, SelectorOptions, ranking, ranking_length
     from molinfluence.training import TrainConfig
 
     if args.selector not in SELECTORS:
@@ -59,8 +59,7 @@ def main() -> None:
         finetune=TrainConfig.from_dict(args.finetune) if args.finetune else None, seed=args.seed, device=str(device),
         ihvp=load_ihvp(args.ihvp) if args.ihvp else None, options=SelectorOptions(**args.options), progress=True,
     )
-    k = min(args.k, len(ctx.pool)) if args.selector == "adaptive_greedy" else len(ctx.pool)
-    table = ranking(ctx, args.selector, k)
+    table = ranking(ctx, args.selector, ranking_length(args.selector, args.k, len(ctx.pool)))
     write_csv(args.out, table[["ext_index", "smiles", "label", "rank", "score", "prediction"]])
     print(f"{args.selector}: ranked {len(table)} of {len(ctx.pool)} external molecules -> {args.out}")
 
