@@ -31,6 +31,7 @@ include: "workflow/rules/selection.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/validate.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:

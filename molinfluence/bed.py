@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -199,6 +199,47 @@ def paired(values: Sequence[float], control: Sequence[float]) -> tuple[float, fl
     return float(d.mean()), float(ttest_rel(a, b).pvalue)
 
 
+def control_picks(n: int, clean: np.ndarray, k: int, draw: Sequence[int]) -> dict[str, np.ndarray]:
+    """The two controls of one fine-tune seed at ``k`` (pool positions), drawn by ``default_rng(draw)``: ``random`` (k
+    rows of the whole pool) and ``oracle`` (k clean rows; ``clean`` is the pool's boolean mask)."""
+    rng = np.random.default_rng(list(draw))
+    return {"random": rng.permutation(n)[:k], "oracle": rng.permutation(np.flatnonzero(clean))[:k]}
+
+
+def judge(orders: Mapping[str, np.ndarray], clean: np.ndarray, mse: Mapping[tuple[str, int], Sequence[float]],
+          ks: Sequence[int], alpha: float, *, mode: str, mean_shift: float) -> list[dict[str, Any]]:
+    """The verdict rows of one planted pool (the bed's per mode, the audit's), a pure function of its inputs.
+
+    ``orders``: selector -> its ranking of the pool (positions, most recommended first); ``clean``: the pool's boolean
+    mask of untouched rows; ``mse``: (arm, k) -> test MSE per fine-tune seed, in the same seed order for every arm,
+    with the arms ``random``, ``oracle`` and every selector. One row per (k, arm), arms in the order random, oracle,
+    the selectors: ``auroc`` (clean ranked before corrupted; NaN for the controls), ``clean_share`` (of the first k;
+    1 for the oracle), ``clean_quarter`` (of the first quarter of the pool), ``mse`` and ``sd`` over seeds, ``delta``
+    and ``p`` (paired with random at the same k and seed), and ``judged``: the oracle beats random at this k with
+    p < ``alpha`` — where it does not, no selector's ΔMSE can be told from noise (the verdict CANNOT JUDGE)."""
+    clean = np.asarray(clean, dtype=bool)
+    rows = []
+    for k in map(int, ks):
+        ref = mse[("random", k)]
+        _, p_oracle = paired(mse[("oracle", k)], ref)
+        judged = bool(p_oracle < alpha and np.mean(mse[("oracle", k)]) < np.mean(ref))
+        for arm in ["random", "oracle", *orders]:
+            vals = mse[(arm, k)]
+            delta, p = paired(vals, ref) if arm != "random" else (0.0, float("nan"))
+            if arm in orders:
+                order = np.asarray(orders[arm], dtype=int)
+                au = auroc(order, clean)
+                share = float(clean[order[:k]].mean())
+                quarter = float(clean[order[: len(clean) // 4]].mean())
+            else:
+                au = float("nan")
+                share = quarter = 1.0 if arm == "oracle" else float("nan")
+            rows.append(dict(mode=mode, k=k, arm=arm, auroc=au, clean_share=share, clean_quarter=quarter,
+                             mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)), delta=delta, p=p, judged=judged,
+                             mean_shift=float(mean_shift)))
+    return rows
+
+
 # -- training ----------------------------------------------------------------------------------------------------------
 
 
@@ -348,7 +389,7 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
     log(f"base model: test R² {base['r2']:.3f}, MSE {base['mse']:.4f} ({time.perf_counter() - t_start:.0f} s)")
     names = selector_names(cfg, expensive)
     kmax = max(int(k) for k in cfg.ks)
-    planted, orders, auc, tasks = {}, {}, {}, []
+    planted, orders, tasks = {}, {}, []
     shared_ihvp = None
     for mode in cfg.modes:
         pool, bad = plant(splits["pool"], mode, cfg.corrupted, cfg.data_seed, sd, offset_sd=cfg.offset_sd,
@@ -362,15 +403,13 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
             t0 = time.perf_counter()
             k_rank = kmax if name == "adaptive_greedy" else len(pool)
             orders[mode, name] = np.asarray(SELECTORS[name](ctx, k_rank))
-            auc[mode, name] = auroc(orders[mode, name], ~bad)
             log(f"  [{mode}] ranked by {name} ({time.perf_counter() - t0:.1f} s)")
         shared_ihvp = ctx.ihvp  # the base IHVP depends on train and validation only: every mode reuses it
         for seed in range(cfg.seeds):
             picks = {}
             for k in map(int, cfg.ks):
-                rng = np.random.default_rng([cfg.data_seed, seed, k])
-                picks["random", k] = rng.permutation(len(pool))[:k]
-                picks["oracle", k] = rng.permutation(np.flatnonzero(~bad))[:k]
+                controls = control_picks(len(pool), ~bad, k, [cfg.data_seed, seed, k])
+                picks.update({(arm, k): rows for arm, rows in controls.items()})
                 picks.update({(name, k): orders[mode, name][:k] for name in names})
             tasks.append((mode, seed, picks))
     t_ft = time.perf_counter()
@@ -402,21 +441,9 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
     for mode in cfg.modes:
         pool, clean = planted[mode]
         shift = np.abs(pool["label"].to_numpy() - splits["pool"]["label"].to_numpy())[~clean].mean()
-        for k in map(int, cfg.ks):
-            ref = mse[(mode, "random", k)]
-            _, p_oracle = paired(mse[(mode, "oracle", k)], ref)
-            judged = bool(p_oracle < cfg.alpha and np.mean(mse[(mode, "oracle", k)]) < np.mean(ref))
-            for arm in ["random", "oracle", *names]:
-                vals = mse[(mode, arm, k)]
-                delta, p = paired(vals, ref) if arm != "random" else (0.0, float("nan"))
-                if (mode, arm) in orders:
-                    share = float(clean[orders[mode, arm][:k]].mean())
-                    quarter = float(clean[orders[mode, arm][: len(pool) // 4]].mean())
-                else:
-                    share = quarter = 1.0 if arm == "oracle" else float("nan")
-                rows.append(dict(mode=mode, k=k, arm=arm, auroc=auc.get((mode, arm), float("nan")),
-                                 clean_share=share, clean_quarter=quarter, mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)),
-                                 delta=delta, p=p, judged=judged, mean_shift=float(shift)))
+        rows += judge({name: orders[mode, name] for name in names}, clean,
+                      {(arm, k): v for (m, arm, k), v in mse.items() if m == mode}, cfg.ks, cfg.alpha, mode=mode,
+                      mean_shift=float(shift))
     table = pd.DataFrame(rows)
     return {"r2": float(base["r2"]), "base_mse": float(base["mse"]), "rows": table,
             "seconds": time.perf_counter() - t_start}

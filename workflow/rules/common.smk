@@ -108,6 +108,7 @@ def all_targets():
         f"{R}/{RECOMMENDED}",
         *figure_files(),
         *validation_files(),
+        *audit_files(),
     ]
 
 
@@ -118,6 +119,13 @@ def validation_files():
     names = ("influence_validation.json", "influence_validation.png", "influence_validation_convex.png", "estimators.csv",
              "estimators.png")
     return [f"{R}/validation/{name}" for name in names]
+
+
+def audit_files():
+    """The planted-label audit's outputs, in rule all only with audit.enabled (it trains a base model and fine-tunes)."""
+    if not config["audit"]["enabled"]:
+        return []
+    return [f"{R}/audit/{name}" for name in ("audit.csv", "audit.md", "audit.png")]
 
 
 # Input functions and helpers of the stage files (kept here: Snakemake's linter wants rules and functions apart).
@@ -166,12 +174,18 @@ def ranking_inputs(w):
 def ranking_args(w):
     """A selector's arguments, as a list the shell command quotes ({params.args:q}): only the config sections it reads
     (so an unrelated setting never reruns it)."""
+    return selector_args(w.strategy, f"{R}/influence/hessian_inverse_fast.pt", NEEDS_IHVP)
+
+
+def selector_args(strategy, ihvp, needs_ihvp):
+    """rank_pool.py's arguments for one selector (ranking_args, and the audit's rank jobs): the selector options and
+    seed; the IHVP file ``ihvp`` and the influence options for the selectors in ``needs_ihvp``; tracin's recipe."""
     args = ["--options", jarg(SEL["selectors"]), "--seed", str(SEL["seed"])]
-    if w.strategy in NEEDS_IHVP:
-        args += ["--ihvp", f"{R}/influence/hessian_inverse_fast.pt"]
-    if w.strategy in NEEDS_IHVP or w.strategy == "tracin":
+    if strategy in needs_ihvp:
+        args += ["--ihvp", ihvp]
+    if strategy in needs_ihvp or strategy == "tracin":
         args += ["--influence", jarg(influence_options("rank_pool", INF))]
-    if w.strategy == "tracin":
+    if strategy == "tracin":
         args += ["--finetune", train_args(SEL["selectors"]["tracin_epochs"], SEL["seed"])]
     return args
 
@@ -213,3 +227,35 @@ def figure_files():
 
 wildcard_constraints:
     **WILDCARDS,
+
+
+# -- the planted-label audit (audit.smk) -------------------------------------------------------------------------------
+
+AUD = config["audit"]
+AUD_DIR = f"{R}/audit"
+# The audit's selectors that read an IHVP of its base model: most_negative ranks by the influence score there (in the
+# grid it reads the influence stage's scores), and the model-ranked ones that score by influence.
+AUD_IHVP = ("most_negative", *NEEDS_IHVP)
+AUD_ARMS = ("random", "oracle", *AUD["selectors"])
+
+
+def audit_rank_inputs(w):
+    """The audit base's IHVP, for the selectors that score by influence."""
+    return {"ihvp": f"{AUD_DIR}/influence/hessian_inverse_fast.pt"} if w.selector in AUD_IHVP else {}
+
+
+def audit_rank_args(w):
+    return selector_args(w.selector, f"{AUD_DIR}/influence/hessian_inverse_fast.pt", AUD_IHVP)
+
+
+def audit_arm_inputs(w):
+    """A selector arm's ranking (random and oracle draw from the pool)."""
+    return {"ranking": f"{AUD_DIR}/ranking/{w.arm}.csv"} if w.arm in AUD["selectors"] else {}
+
+
+def audit_arm_args(w, input):
+    return shlex.join(["--ranking", input.ranking]) if w.arm in AUD["selectors"] else ""
+
+
+def audit_runs():
+    return [f"{AUD_DIR}/finetune/{arm}_k{k}.csv" for arm in AUD_ARMS for k in sorted(AUD["k"])]
