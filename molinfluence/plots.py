@@ -395,7 +395,7 @@ def plot_audit(table: pd.DataFrame, path: str | os.PathLike[str], title: str) ->
     against k (the pool's base rate dashed); right, each arm's ΔMSE vs random at each k (the oracle in black), a k where
     the oracle is not significantly better than random shaded and marked "cannot judge"."""
     target = _check_path(path)
-    _require(table, ["k", "arm", "clean_share", "delta", "judged"], "audit table", numeric=["k", "clean_share", "delta"])
+    _require(table, ["k", "arm", "clean_share", "delta", "judged"], "audit table", numeric=["k"])
     ks = sorted(int(k) for k in table["k"].unique())
     arms = [a for a in table["arm"].unique() if a not in ("random", "oracle")]
     fig = _new_figure(10.0, 4.0)

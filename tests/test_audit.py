@@ -88,6 +88,17 @@ def test_the_verdict_matches_a_hand_computed_case():
     assert "0.938" in good and good.count("CANNOT JUDGE") == 1  # only its k = 4 ΔMSE
 
 
+def test_the_figure_draws_the_table_with_its_nan_controls(tmp_path):
+    from molinfluence.plots import plot_audit
+
+    pool, rankings, runs = hand_case()
+    table = audit.summarise(pool, rankings, runs, [2, 4], 0.05, mode="swap")  # random's clean share is NaN
+    out = plot_audit(table, tmp_path / "audit.png", "hand case")
+    assert out.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="missing column 'judged'"):
+        plot_audit(table.drop(columns="judged"), tmp_path / "bad.png", "no verdict")
+
+
 def test_an_oracle_worse_than_random_cannot_judge_even_when_significant():
     pool, rankings, runs = hand_case()
     worse = runs.copy()
@@ -174,8 +185,8 @@ def test_the_audit_stage_runs_through_snakemake_and_reports_every_selector(tmp_p
     overlay.write_text(yaml.safe_dump({"audit": {"enabled": True, "k": [6], "seeds": [0, 1]},
                                        "finetune": {"epochs": 1}, "train": {"epochs": 4}}))
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "1",
-           "--configfile", str(REPO / "tests" / "config" / "integration.yaml"), str(overlay), "results/audit/audit.md"]
+    cmd = [sys.executable, "-m", "snakemake", "results/audit/audit.md", "-s", str(REPO / "Snakefile"), "--directory",
+           str(work), "--cores", "1", "--configfile", str(REPO / "tests" / "config" / "integration.yaml"), str(overlay)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pd.read_csv(work / "results" / "audit" / "audit.csv")
