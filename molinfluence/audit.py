@@ -1,18 +1,24 @@
-"""The planted-label audit (issue 16, item 4): does a selector avoid known-bad data on *your* model and data?
+"""Planted pools and their verdict: the statistics of the test bed (:mod:`molinfluence.bed`) and of the planted-label
+audit (issue 16, item 4), which asks on *your* data and model whether a selector avoids known-bad labels.
 
-On the user's own prepared training split (the ``audit:`` config section, opt-in):
+Shared with the bed: :func:`plant` (``swap``, ``offset`` or ``noise`` corruption of a seeded share), :func:`auroc`,
+:func:`paired`, :func:`control_picks` (the random and oracle arms of one seed) and :func:`judge` (the verdict rows).
 
-1. :func:`split_pool` holds out a seeded part of the training split as a pool whose labels are known, and corrupts a
-   seeded share of it with :func:`molinfluence.bed.plant` (``swap``, ``offset`` or ``noise``); the rest is the audit's
-   training split, on which a base model is trained with the base recipe (the pool never reaches it).
+The audit, on the user's own prepared training split (the ``audit:`` config section, opt-in; workflow/rules/audit.smk):
+
+1. :func:`split_pool` holds out a seeded part of the training split as a pool whose labels are known and plants a
+   seeded share of it; the rest is the audit's training split, on which a base model is trained with the base recipe
+   (the pool never reaches it). :func:`check_k` refuses a k the oracle cannot fill with clean rows.
 2. Every selector ranks the pool with that base model (``scripts/rank_pool.py``, as the pipeline ranks the real pool).
-3. :func:`finetune_arm` adds k pool rows to the audit's training split and fine-tunes (continue from the audit base,
-   the fine-tune recipe, every seed) through the project's training function (:func:`molinfluence.runs.train_run`):
-   each selector's first k, k random rows and the oracle's k clean rows (:func:`molinfluence.bed.control_picks`, one
-   draw per seed and k).
-4. :func:`summarise` judges them with :func:`molinfluence.bed.judge`, the test bed's own verdict: per selector AUROC
-   (clean ranked before corrupted), clean share of its first k and of its top quarter, ΔMSE vs random paired over
-   seeds; the oracle's margin over random decides, per k, whether the audit can judge a ΔMSE at all.
+3. :func:`molinfluence.runs.finetune_arm` adds an arm's k pool rows (:func:`picks`: a selector's first k, k random
+   rows, the oracle's k clean rows) to the audit's training split and fine-tunes over seeds through the project's
+   training function.
+4. :func:`summarise` judges them with :func:`judge`, the bed's own verdict: per selector AUROC (clean ranked before
+   corrupted), clean share of its first k and of its top quarter, ΔMSE vs random paired over seeds; the oracle's margin
+   over random decides, per k, whether a ΔMSE can be judged at all. :func:`markdown` is the report.
+
+This module stands alone (numpy, pandas, scipy): the workflow's split, check and summary jobs import it without the
+model or training code, so an edit there reruns none of them.
 
 The pool table (``results/audit/pool.csv``): ``ext_index`` (0..n−1, the pool position), ``smiles``, ``label`` (what the
 selectors and the fine-tunes see: planted), ``true_label`` (the training split's), ``corrupted`` and the training
@@ -21,20 +27,123 @@ split's other columns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .bed import MODES, control_picks, judge, plant
 from .config import ConfigError
 
-__all__ = ["split_pool", "check_k", "picks", "selection_frame", "finetune_arm", "ranking_order", "summarise", "markdown",
-           "ARM_COLUMNS"]
+__all__ = ["MODES", "plant", "auroc", "paired", "control_picks", "judge", "split_pool", "check_k", "picks",
+           "selection_frame", "ranking_order", "summarise", "markdown", "ARM_COLUMNS"]
+
+MODES = ("swap", "offset", "noise")
+"""How :func:`plant` corrupts a pool."""
 
 ARM_COLUMNS = ("arm", "k", "seed", "mse", "rmse", "mae", "r2", "n_added", "clean_added")
 """The columns of one fine-tune arm's table (one row per seed)."""
+
+
+# -- planted pools and the verdict (shared with the test bed) ---------------------------------------------------------
+
+
+def plant(pool: pd.DataFrame, mode: str, share: float, seed: int, sd: float, *, offset_sd: float = 2.0,
+          noise_sd: float = 2.0) -> tuple[pd.DataFrame, np.ndarray]:
+    """(pool with planted labels, boolean mask of the corrupted rows): exactly ``round(share · len(pool))`` rows,
+    chosen with ``seed``, are corrupted by ``mode``; the others keep their labels."""
+    if mode not in MODES:
+        raise ValueError(f"unknown corruption mode {mode!r}; choose from {list(MODES)}")
+    rng = np.random.default_rng([int(seed), MODES.index(mode)])
+    n = len(pool)
+    n_bad = int(round(share * n))
+    bad = np.zeros(n, dtype=bool)
+    idx = np.sort(rng.permutation(n)[:n_bad])
+    bad[idx] = True
+    labels = pool["label"].to_numpy(dtype=np.float64).copy()
+    if mode == "swap":
+        if n_bad < 2:
+            raise ValueError("swap needs at least 2 corrupted rows")
+        # rank rotation by half: the corrupted row of label rank i gets the label of rank (i + n/2) mod n among the
+        # corrupted rows — a permutation without fixed points that moves every label by about half the distribution
+        # (a random permutation leaves many labels near their own on a narrow label distribution such as ZINC logP)
+        by_label = idx[np.lexsort((idx, labels[idx]))]
+        labels[by_label] = labels[np.roll(by_label, -(n_bad // 2))]
+    elif mode == "offset":
+        labels[idx] += offset_sd * sd  # a systematic shift (another assay, a unit slip): the model's bias moves
+    else:
+        labels[idx] += rng.normal(0.0, noise_sd * sd, n_bad)
+    return pool.assign(label=labels), bad
+
+
+def auroc(order: np.ndarray, clean: np.ndarray) -> float:
+    """P(a clean row is ranked before a corrupted one) for a ranking ``order`` (pool positions, most recommended
+    first; rows it leaves out share the last place; ties count half). 0.5 = chance, 1 = every clean row first."""
+    from scipy.stats import rankdata
+
+    clean = np.asarray(clean, dtype=bool)
+    place = np.full(len(clean), float(len(order)))
+    place[np.asarray(order, dtype=int)] = np.arange(len(order))
+    r = rankdata(-place)  # high = early
+    n1, n0 = int(clean.sum()), int((~clean).sum())
+    return float((r[clean].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def paired(values: Sequence[float], control: Sequence[float]) -> tuple[float, float]:
+    """(mean of ``values − control``, two-sided paired t-test p); p is NaN if every difference is equal."""
+    from scipy.stats import ttest_rel
+
+    a, b = np.asarray(values, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired: need two equal-length series of ≥ 2 values, got {a.shape} and {b.shape}")
+    d = a - b
+    if np.all(d == d[0]):
+        return float(d.mean()), float("nan")
+    return float(d.mean()), float(ttest_rel(a, b).pvalue)
+
+
+def control_picks(n: int, clean: np.ndarray, k: int, draw: Sequence[int]) -> dict[str, np.ndarray]:
+    """The two controls of one fine-tune seed at ``k`` (pool positions), drawn by ``default_rng(draw)``: ``random`` (k
+    rows of the whole pool) and ``oracle`` (k clean rows; ``clean`` is the pool's boolean mask)."""
+    rng = np.random.default_rng(list(draw))
+    return {"random": rng.permutation(n)[:k], "oracle": rng.permutation(np.flatnonzero(clean))[:k]}
+
+
+def judge(orders: Mapping[str, np.ndarray], clean: np.ndarray, mse: Mapping[tuple[str, int], Sequence[float]],
+          ks: Sequence[int], alpha: float, *, mode: str, mean_shift: float) -> list[dict[str, Any]]:
+    """The verdict rows of one planted pool (the bed's per mode, the audit's), a pure function of its inputs.
+
+    ``orders``: selector -> its ranking of the pool (positions, most recommended first); ``clean``: the pool's boolean
+    mask of untouched rows; ``mse``: (arm, k) -> test MSE per fine-tune seed, in the same seed order for every arm,
+    with the arms ``random``, ``oracle`` and every selector. One row per (k, arm), arms in the order random, oracle,
+    the selectors: ``auroc`` (clean ranked before corrupted; NaN for the controls), ``clean_share`` (of the first k;
+    1 for the oracle), ``clean_quarter`` (of the first quarter of the pool), ``mse`` and ``sd`` over seeds, ``delta``
+    and ``p`` (paired with random at the same k and seed), and ``judged``: the oracle beats random at this k with
+    p < ``alpha`` — where it does not, no selector's ΔMSE can be told from noise (the verdict CANNOT JUDGE)."""
+    clean = np.asarray(clean, dtype=bool)
+    rows = []
+    for k in map(int, ks):
+        ref = mse[("random", k)]
+        _, p_oracle = paired(mse[("oracle", k)], ref)
+        judged = bool(p_oracle < alpha and np.mean(mse[("oracle", k)]) < np.mean(ref))
+        for arm in ["random", "oracle", *orders]:
+            vals = mse[(arm, k)]
+            delta, p = paired(vals, ref) if arm != "random" else (0.0, float("nan"))
+            if arm in orders:
+                order = np.asarray(orders[arm], dtype=int)
+                au = auroc(order, clean)
+                share = float(clean[order[:k]].mean())
+                quarter = float(clean[order[: len(clean) // 4]].mean())
+            else:
+                au = float("nan")
+                share = quarter = 1.0 if arm == "oracle" else float("nan")
+            rows.append(dict(mode=mode, k=k, arm=arm, auroc=au, clean_share=share, clean_quarter=quarter,
+                             mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)), delta=delta, p=p, judged=judged,
+                             mean_shift=float(mean_shift)))
+    return rows
+
+
+# -- the audit ---------------------------------------------------------------------------------------------------------
 
 
 def split_pool(train: pd.DataFrame, *, pool_fraction: float | None = 0.25,
@@ -74,7 +183,7 @@ def split_pool(train: pd.DataFrame, *, pool_fraction: float | None = 0.25,
     return rest, pool
 
 
-def _clean(pool: pd.DataFrame) -> np.ndarray:
+def clean_mask(pool: pd.DataFrame) -> np.ndarray:
     if "corrupted" not in pool.columns:
         raise ValueError(f"the audit pool lacks its 'corrupted' column; has {list(pool.columns)}")
     return ~pool["corrupted"].astype(bool).to_numpy()
@@ -83,7 +192,7 @@ def _clean(pool: pd.DataFrame) -> np.ndarray:
 def check_k(pool: pd.DataFrame, ks: Iterable[int], source: str = "the audit pool") -> int:
     """The pool's clean rows, after checking that every k of ``ks`` fits in them (the oracle adds k clean rows): a
     :class:`ConfigError` naming ``audit.k`` otherwise."""
-    clean = _clean(pool)
+    clean = clean_mask(pool)
     too_big = sorted(int(k) for k in ks if int(k) > clean.sum())
     if too_big:
         raise ConfigError(
@@ -108,10 +217,10 @@ def ranking_order(pool: pd.DataFrame, ranking: pd.DataFrame, source: str = "the 
 def picks(pool: pd.DataFrame, arm: str, k: int, seed: int, draw_seed: int,
           ranking: pd.DataFrame | None = None) -> np.ndarray:
     """The pool positions an arm adds at ``k`` for fine-tune ``seed``: ``random`` and ``oracle`` drawn by
-    :func:`molinfluence.bed.control_picks` with ``(draw_seed, seed, k)``, a selector its ranking's first k."""
+    :func:`control_picks` with ``(draw_seed, seed, k)``, a selector its ranking's first k."""
     check_k(pool, [k])
     if arm in ("random", "oracle"):
-        return control_picks(len(pool), _clean(pool), int(k), [int(draw_seed), int(seed), int(k)])[arm]
+        return control_picks(len(pool), clean_mask(pool), int(k), [int(draw_seed), int(seed), int(k)])[arm]
     if ranking is None:
         raise ValueError(f"audit arm {arm!r} is a selector: give its ranking")
     order = ranking_order(pool, ranking, f"the ranking of {arm}")
@@ -126,37 +235,13 @@ def selection_frame(pool: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     return picked[["ext_index", "smiles", "label"]].reset_index(drop=True).assign(weight=1.0)
 
 
-def finetune_arm(arm: str, k: int, seeds: Iterable[int], *, start: str, spec: Mapping[str, Any],
-                 recipe: Mapping[str, Any], splits: Any, pool: pd.DataFrame, draw_seed: int,
-                 ranking: pd.DataFrame | None = None, log: Callable[[str], None] = print,
-                 progress: bool = False) -> pd.DataFrame:
-    """Fine-tune every seed of one arm at ``k`` (continue from the audit base ``start``, ``recipe`` without its seed,
-    the audit's ``splits``: :class:`molinfluence.runs.Splits`) through :func:`molinfluence.runs.train_run`; one row
-    per seed with its test metrics and how many of the added rows were clean (:data:`ARM_COLUMNS`)."""
-    from .runs import train_run
-    from .training import TrainConfig
-
-    clean = _clean(pool)
-    rows = []
-    for seed in seeds:
-        chosen = picks(pool, arm, k, seed, draw_seed, ranking)
-        cfg = TrainConfig.from_dict({**recipe, "seed": int(seed)})
-        result = train_run("continue", start, spec, cfg, splits, selection=selection_frame(pool, chosen),
-                           selection_source=f"audit arm {arm} k={k}", log=log, progress=progress)
-        m = result.metrics
-        rows.append(dict(arm=arm, k=int(k), seed=int(seed), mse=m["mse"], rmse=m["rmse"], mae=m["mae"], r2=m["r2"],
-                         n_added=m["n_added"], clean_added=int(clean[chosen].sum())))
-        log(f"{arm} k={k} seed {seed}: test MSE {m['mse']:.4f} ({rows[-1]['clean_added']} of {k} added rows clean)")
-    return pd.DataFrame(rows, columns=list(ARM_COLUMNS))
-
-
 def summarise(pool: pd.DataFrame, rankings: Mapping[str, pd.DataFrame], runs: pd.DataFrame, ks: Sequence[int],
               alpha: float, mode: str) -> pd.DataFrame:
-    """The audit's table: :func:`molinfluence.bed.judge` of the selectors' rankings (``rankings``: name -> ranking
+    """The audit's table: :func:`judge` of the selectors' rankings (``rankings``: name -> ranking
     table, in report order) and the fine-tunes ``runs`` (every arm's :data:`ARM_COLUMNS` rows, concatenated). Every arm
     must have the same seeds at every k (they are paired with random by seed). Columns: those of the bed's rows
     plus ``base_rate`` (the pool's clean share)."""
-    clean = _clean(pool)
+    clean = clean_mask(pool)
     runs = runs.sort_values(["arm", "k", "seed"], kind="stable")
     mse: dict[tuple[str, int], list[float]] = {}
     seeds: dict[tuple[str, int], list[int]] = {}
@@ -185,7 +270,7 @@ def markdown(table: pd.DataFrame, *, base: Mapping[str, Any], pool: pd.DataFrame
              alpha: float) -> str:
     """The audit's report (``audit.md``): what was planted, the oracle margin per k (or CANNOT JUDGE), then per
     selector its AUROC, clean share of the top quarter, and at each k its clean share and ΔMSE vs random with p."""
-    clean = _clean(pool)
+    clean = clean_mask(pool)
     mode = str(table["mode"].iloc[0])
     ks = sorted(int(k) for k in table["k"].unique())
     lines = [

@@ -24,15 +24,16 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .audit import MODES, auroc, control_picks, judge, paired, plant  # noqa: F401 (the bed's names too)
+
 BED_SOURCE = "pkg:molinfluence/datasets/zinc_bed.csv"
-MODES = ("swap", "offset", "noise")
 EXPENSIVE = ("adaptive_greedy", "tracin")
 """Selectors the bed skips unless asked (minutes each on the bed's model)."""
 DEMO_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -140,104 +141,6 @@ def split_bed(frame: pd.DataFrame, cfg: BedConfig) -> dict[str, pd.DataFrame]:
         out[name] = frame.iloc[order[start: start + n]].reset_index(drop=True)
         start += n
     return out
-
-
-def plant(pool: pd.DataFrame, mode: str, share: float, seed: int, sd: float, *, offset_sd: float = 2.0,
-          noise_sd: float = 2.0) -> tuple[pd.DataFrame, np.ndarray]:
-    """(pool with planted labels, boolean mask of the corrupted rows): exactly ``round(share · len(pool))`` rows,
-    chosen with ``seed``, are corrupted by ``mode``; the others keep their labels."""
-    if mode not in MODES:
-        raise ValueError(f"unknown corruption mode {mode!r}; choose from {list(MODES)}")
-    rng = np.random.default_rng([int(seed), MODES.index(mode)])
-    n = len(pool)
-    n_bad = int(round(share * n))
-    bad = np.zeros(n, dtype=bool)
-    idx = np.sort(rng.permutation(n)[:n_bad])
-    bad[idx] = True
-    labels = pool["label"].to_numpy(dtype=np.float64).copy()
-    if mode == "swap":
-        if n_bad < 2:
-            raise ValueError("swap needs at least 2 corrupted rows")
-        # rank rotation by half: the corrupted row of label rank i gets the label of rank (i + n/2) mod n among the
-        # corrupted rows — a permutation without fixed points that moves every label by about half the distribution
-        # (a random permutation leaves many labels near their own on a narrow label distribution such as ZINC logP)
-        by_label = idx[np.lexsort((idx, labels[idx]))]
-        labels[by_label] = labels[np.roll(by_label, -(n_bad // 2))]
-    elif mode == "offset":
-        labels[idx] += offset_sd * sd  # a systematic shift (another assay, a unit slip): the model's bias moves
-    else:
-        labels[idx] += rng.normal(0.0, noise_sd * sd, n_bad)
-    return pool.assign(label=labels), bad
-
-
-# -- statistics --------------------------------------------------------------------------------------------------------
-
-
-def auroc(order: np.ndarray, clean: np.ndarray) -> float:
-    """P(a clean row is ranked before a corrupted one) for a ranking ``order`` (pool positions, most recommended
-    first; rows it leaves out share the last place; ties count half). 0.5 = chance, 1 = every clean row first."""
-    from scipy.stats import rankdata
-
-    clean = np.asarray(clean, dtype=bool)
-    place = np.full(len(clean), float(len(order)))
-    place[np.asarray(order, dtype=int)] = np.arange(len(order))
-    r = rankdata(-place)  # high = early
-    n1, n0 = int(clean.sum()), int((~clean).sum())
-    return float((r[clean].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def paired(values: Sequence[float], control: Sequence[float]) -> tuple[float, float]:
-    """(mean of ``values − control``, two-sided paired t-test p); p is NaN if every difference is equal."""
-    from scipy.stats import ttest_rel
-
-    a, b = np.asarray(values, dtype=np.float64), np.asarray(control, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
-        raise ValueError(f"paired: need two equal-length series of ≥ 2 values, got {a.shape} and {b.shape}")
-    d = a - b
-    if np.all(d == d[0]):
-        return float(d.mean()), float("nan")
-    return float(d.mean()), float(ttest_rel(a, b).pvalue)
-
-
-def control_picks(n: int, clean: np.ndarray, k: int, draw: Sequence[int]) -> dict[str, np.ndarray]:
-    """The two controls of one fine-tune seed at ``k`` (pool positions), drawn by ``default_rng(draw)``: ``random`` (k
-    rows of the whole pool) and ``oracle`` (k clean rows; ``clean`` is the pool's boolean mask)."""
-    rng = np.random.default_rng(list(draw))
-    return {"random": rng.permutation(n)[:k], "oracle": rng.permutation(np.flatnonzero(clean))[:k]}
-
-
-def judge(orders: Mapping[str, np.ndarray], clean: np.ndarray, mse: Mapping[tuple[str, int], Sequence[float]],
-          ks: Sequence[int], alpha: float, *, mode: str, mean_shift: float) -> list[dict[str, Any]]:
-    """The verdict rows of one planted pool (the bed's per mode, the audit's), a pure function of its inputs.
-
-    ``orders``: selector -> its ranking of the pool (positions, most recommended first); ``clean``: the pool's boolean
-    mask of untouched rows; ``mse``: (arm, k) -> test MSE per fine-tune seed, in the same seed order for every arm,
-    with the arms ``random``, ``oracle`` and every selector. One row per (k, arm), arms in the order random, oracle,
-    the selectors: ``auroc`` (clean ranked before corrupted; NaN for the controls), ``clean_share`` (of the first k;
-    1 for the oracle), ``clean_quarter`` (of the first quarter of the pool), ``mse`` and ``sd`` over seeds, ``delta``
-    and ``p`` (paired with random at the same k and seed), and ``judged``: the oracle beats random at this k with
-    p < ``alpha`` — where it does not, no selector's ΔMSE can be told from noise (the verdict CANNOT JUDGE)."""
-    clean = np.asarray(clean, dtype=bool)
-    rows = []
-    for k in map(int, ks):
-        ref = mse[("random", k)]
-        _, p_oracle = paired(mse[("oracle", k)], ref)
-        judged = bool(p_oracle < alpha and np.mean(mse[("oracle", k)]) < np.mean(ref))
-        for arm in ["random", "oracle", *orders]:
-            vals = mse[(arm, k)]
-            delta, p = paired(vals, ref) if arm != "random" else (0.0, float("nan"))
-            if arm in orders:
-                order = np.asarray(orders[arm], dtype=int)
-                au = auroc(order, clean)
-                share = float(clean[order[:k]].mean())
-                quarter = float(clean[order[: len(clean) // 4]].mean())
-            else:
-                au = float("nan")
-                share = quarter = 1.0 if arm == "oracle" else float("nan")
-            rows.append(dict(mode=mode, k=k, arm=arm, auroc=au, clean_share=share, clean_quarter=quarter,
-                             mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)), delta=delta, p=p, judged=judged,
-                             mean_shift=float(mean_shift)))
-    return rows
 
 
 # -- training ----------------------------------------------------------------------------------------------------------

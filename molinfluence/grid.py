@@ -29,6 +29,9 @@ MODEL_RANKED: tuple[str, ...] = ("residual", "knn_agreement", "consensus", "beli
                                  "adaptive_greedy", "tracin")
 #: Model-ranked selectors that read the base model's IHVP (the others need only the model and the splits).
 NEEDS_IHVP: tuple[str, ...] = ("believable_helpful", "clipped_influence", "adaptive_greedy")
+#: Selectors that read the base model's IHVP when scripts/rank_pool.py ranks a pool with them (the planted-label audit
+#: ranks with every selector): those above and ``most_negative``, which in the grid reads the influence stage's scores.
+READS_IHVP: tuple[str, ...] = ("most_negative", *NEEDS_IHVP)
 #: Strategies ``selection.default`` may name: the recommended molecules (``selection/recommended.csv``).
 RECOMMENDABLE: tuple[str, ...] = ("most_negative", *MODEL_RANKED)
 #: Strategies that pick the top of the score ranking (hard selections; marked on the score histogram).

@@ -1,4 +1,4 @@
-"""Fine-tune one arm of the planted-label audit at one k over every seed (molinfluence.audit.finetune_arm).
+"""Fine-tune one arm of the planted-label audit at one k over every seed (molinfluence.runs.finetune_arm).
 
     audit_finetune.py --arm random|oracle|SELECTOR --k K --seeds S... --draw-seed N --args JSON --spec JSON
                       --start BASE_DIR --train CSV --validation CSV --test CSV --pool CSV [--ranking CSV]
@@ -36,9 +36,8 @@ def main() -> None:
 
     import pandas as pd
 
-    from molinfluence.audit import finetune_arm
     from molinfluence.files import write_csv
-    from molinfluence.runs import Splits
+    from molinfluence.runs import Splits, finetune_arm
 
     table = finetune_arm(args.arm, args.k, args.seeds, start=args.start, spec=args.spec, recipe=args.args,
                          splits=Splits.read(args.train, args.validation, args.test), pool=pd.read_csv(args.pool),

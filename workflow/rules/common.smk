@@ -12,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 from molinfluence.config import ConfigError, validate_config
 from molinfluence.files import code_hash
 from molinfluence.grid import CONTROLS, PER_SEED, RANKED, SCORED, WILDCARDS, Condition, choice, run_pattern, selection_pattern
-from molinfluence.grid import MODEL_RANKED, NEEDS_IHVP, RECOMMENDED, ranking_pattern
+from molinfluence.grid import MODEL_RANKED, NEEDS_IHVP, READS_IHVP, RECOMMENDED, ranking_pattern
 from molinfluence.grid import grid as grid_of
 from molinfluence.rule_keys import influence_options
 
@@ -233,19 +233,16 @@ wildcard_constraints:
 
 AUD = config["audit"]
 AUD_DIR = f"{R}/audit"
-# The audit's selectors that read an IHVP of its base model: most_negative ranks by the influence score there (in the
-# grid it reads the influence stage's scores), and the model-ranked ones that score by influence.
-AUD_IHVP = ("most_negative", *NEEDS_IHVP)
 AUD_ARMS = ("random", "oracle", *AUD["selectors"])
 
 
 def audit_rank_inputs(w):
     """The audit base's IHVP, for the selectors that score by influence."""
-    return {"ihvp": f"{AUD_DIR}/influence/hessian_inverse_fast.pt"} if w.selector in AUD_IHVP else {}
+    return {"ihvp": f"{AUD_DIR}/influence/hessian_inverse_fast.pt"} if w.selector in READS_IHVP else {}
 
 
 def audit_rank_args(w):
-    return selector_args(w.selector, f"{AUD_DIR}/influence/hessian_inverse_fast.pt", AUD_IHVP)
+    return selector_args(w.selector, f"{AUD_DIR}/influence/hessian_inverse_fast.pt", READS_IHVP)
 
 
 def audit_arm_inputs(w):
