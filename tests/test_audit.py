@@ -175,6 +175,29 @@ def test_a_k_above_the_pools_clean_rows_is_refused_naming_audit_k(training_split
     assert "Traceback" not in proc.stderr and not (tmp_path / "k.json").exists()
 
 
+def planned(tmp_path, *configs: Path) -> dict[str, int]:
+    """Jobs a dry run of the default target plans, by rule."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", *map(str, configs)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    start = lines.index("Job stats:") + 3
+    return {row.split()[0]: int(row.split()[1]) for row in lines[start:] if len(row.split()) == 2
+            and row.split()[0] != "total" and row.split()[1].isdigit()}
+
+
+def test_the_default_target_runs_the_audit_only_when_enabled(tmp_path):
+    demo = REPO / "examples" / "demo.yaml"
+    assert not any(rule.startswith("audit") for rule in planned(tmp_path, demo))
+    jobs = planned(tmp_path, demo, REPO / "examples" / "audit.yaml")
+    from molinfluence.config import schema_default
+
+    arms = 2 + len(schema_default("audit.selectors"))
+    assert jobs["audit_finetune"] == arms * len(schema_default("audit.k"))  # one job per (arm, k), seeds inside
+    assert jobs["audit_rank"] == arms - 2 and jobs["audit_base"] == jobs["audit_ihvp"] == jobs["audit_summary"] == 1
+    assert jobs["train_base"] == 1  # the real base model is still trained once, untouched by the audit
+
+
 @pytest.mark.slow
 def test_the_audit_stage_runs_through_snakemake_and_reports_every_selector(tmp_path):
     """The audit on the integration config (102 training rows -> a 26-row pool, 13 clean): every selector of the
