@@ -33,7 +33,7 @@ MSE = {
 
 
 def hand_paired(a, b):
-    """Mean difference and two-sided paired t-test p, written out (the reference for bed.paired)."""
+    """Mean difference and two-sided paired t-test p, written out (the reference for audit.paired)."""
     from scipy.stats import t as student
 
     d = np.asarray(a) - np.asarray(b)
