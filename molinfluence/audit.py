@@ -35,7 +35,7 @@ import pandas as pd
 
 from .config import ConfigError
 
-__all__ = ["MODES", "plant", "auroc", "paired", "control_picks", "judge", "split_pool", "check_k", "picks",
+__all__ = ["MODES", "plant", "auroc", "paired", "control_picks", "judge", "split_pool", "clean_mask", "check_k", "picks",
            "selection_frame", "ranking_order", "summarise", "markdown", "ARM_COLUMNS"]
 
 MODES = ("swap", "offset", "noise")
@@ -184,6 +184,7 @@ def split_pool(train: pd.DataFrame, *, pool_fraction: float | None = 0.25,
 
 
 def clean_mask(pool: pd.DataFrame) -> np.ndarray:
+    """The audit pool's boolean mask of clean (untouched) rows, from its ``corrupted`` column."""
     if "corrupted" not in pool.columns:
         raise ValueError(f"the audit pool lacks its 'corrupted' column; has {list(pool.columns)}")
     return ~pool["corrupted"].astype(bool).to_numpy()
