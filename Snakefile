@@ -32,6 +32,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/validate.smk"
 include: "workflow/rules/groups.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:

@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .audit import MODES, auroc, control_picks, judge, paired, plant  # noqa: F401 (the bed's names too)
+
 BED_SOURCE = "pkg:molinfluence/datasets/zinc_bed.csv"
-MODES = ("swap", "offset", "noise")
 EXPENSIVE = ("adaptive_greedy", "tracin")
 """Selectors the bed skips unless asked (minutes each on the bed's model)."""
 DEMO_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -149,63 +150,6 @@ def split_bed(frame: pd.DataFrame, cfg: BedConfig) -> dict[str, pd.DataFrame]:
         out[name] = frame.iloc[order[start: start + n]].reset_index(drop=True)
         start += n
     return out
-
-
-def plant(pool: pd.DataFrame, mode: str, share: float, seed: int, sd: float, *, offset_sd: float = 2.0,
-          noise_sd: float = 2.0) -> tuple[pd.DataFrame, np.ndarray]:
-    """(pool with planted labels, boolean mask of the corrupted rows): exactly ``round(share · len(pool))`` rows,
-    chosen with ``seed``, are corrupted by ``mode``; the others keep their labels."""
-    if mode not in MODES:
-        raise ValueError(f"unknown corruption mode {mode!r}; choose from {list(MODES)}")
-    rng = np.random.default_rng([int(seed), MODES.index(mode)])
-    n = len(pool)
-    n_bad = int(round(share * n))
-    bad = np.zeros(n, dtype=bool)
-    idx = np.sort(rng.permutation(n)[:n_bad])
-    bad[idx] = True
-    labels = pool["label"].to_numpy(dtype=np.float64).copy()
-    if mode == "swap":
-        if n_bad < 2:
-            raise ValueError("swap needs at least 2 corrupted rows")
-        # rank rotation by half: the corrupted row of label rank i gets the label of rank (i + n/2) mod n among the
-        # corrupted rows — a permutation without fixed points that moves every label by about half the distribution
-        # (a random permutation leaves many labels near their own on a narrow label distribution such as ZINC logP)
-        by_label = idx[np.lexsort((idx, labels[idx]))]
-        labels[by_label] = labels[np.roll(by_label, -(n_bad // 2))]
-    elif mode == "offset":
-        labels[idx] += offset_sd * sd  # a systematic shift (another assay, a unit slip): the model's bias moves
-    else:
-        labels[idx] += rng.normal(0.0, noise_sd * sd, n_bad)
-    return pool.assign(label=labels), bad
-
-
-# -- statistics --------------------------------------------------------------------------------------------------------
-
-
-def auroc(order: np.ndarray, clean: np.ndarray) -> float:
-    """P(a clean row is ranked before a corrupted one) for a ranking ``order`` (pool positions, most recommended
-    first; rows it leaves out share the last place; ties count half). 0.5 = chance, 1 = every clean row first."""
-    from scipy.stats import rankdata
-
-    clean = np.asarray(clean, dtype=bool)
-    place = np.full(len(clean), float(len(order)))
-    place[np.asarray(order, dtype=int)] = np.arange(len(order))
-    r = rankdata(-place)  # high = early
-    n1, n0 = int(clean.sum()), int((~clean).sum())
-    return float((r[clean].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def paired(values: Sequence[float], control: Sequence[float]) -> tuple[float, float]:
-    """(mean of ``values − control``, two-sided paired t-test p); p is NaN if every difference is equal."""
-    from scipy.stats import ttest_rel
-
-    a, b = np.asarray(values, dtype=np.float64), np.asarray(control, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
-        raise ValueError(f"paired: need two equal-length series of ≥ 2 values, got {a.shape} and {b.shape}")
-    d = a - b
-    if np.all(d == d[0]):
-        return float(d.mean()), float("nan")
-    return float(d.mean()), float(ttest_rel(a, b).pvalue)
 
 
 # -- training ----------------------------------------------------------------------------------------------------------
@@ -357,7 +301,7 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
     log(f"base model: test R² {base['r2']:.3f}, MSE {base['mse']:.4f} ({time.perf_counter() - t_start:.0f} s)")
     names = selector_names(cfg, expensive)
     kmax = max(int(k) for k in cfg.ks)
-    planted, orders, auc, tasks, group_scores = {}, {}, {}, [], {}
+    planted, orders, tasks, group_scores = {}, {}, [], {}
     subsets = group_subsets(cfg)
     shared_ihvp = None
     for mode in cfg.modes:
@@ -372,7 +316,6 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
             t0 = time.perf_counter()
             k_rank = kmax if name == "adaptive_greedy" else len(pool)
             orders[mode, name] = np.asarray(SELECTORS[name](ctx, k_rank))
-            auc[mode, name] = auroc(orders[mode, name], ~bad)
             if cfg.groups and hasattr(SELECTORS[name], "score"):
                 group_scores[mode, name] = np.asarray(SELECTORS[name].score(ctx), dtype=np.float64)
             log(f"  [{mode}] ranked by {name} ({time.perf_counter() - t0:.1f} s)")
@@ -380,9 +323,8 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
         for seed in range(cfg.seeds):
             picks = {}
             for k in map(int, cfg.ks):
-                rng = np.random.default_rng([cfg.data_seed, seed, k])
-                picks["random", k] = rng.permutation(len(pool))[:k]
-                picks["oracle", k] = rng.permutation(np.flatnonzero(~bad))[:k]
+                controls = control_picks(len(pool), ~bad, k, [cfg.data_seed, seed, k])
+                picks.update({(arm, k): rows for arm, rows in controls.items()})
                 picks.update({(name, k): orders[mode, name][:k] for name in names})
             if subsets is not None:
                 picks[GROUP_BASELINE, 0] = np.array([], dtype=np.int64)
@@ -418,21 +360,9 @@ def _run_bed(cfg: BedConfig, expensive: bool, cache_dir, log: Callable[[str], No
     for mode in cfg.modes:
         pool, clean = planted[mode]
         shift = np.abs(pool["label"].to_numpy() - splits["pool"]["label"].to_numpy())[~clean].mean()
-        for k in map(int, cfg.ks):
-            ref = mse[(mode, "random", k)]
-            _, p_oracle = paired(mse[(mode, "oracle", k)], ref)
-            judged = bool(p_oracle < cfg.alpha and np.mean(mse[(mode, "oracle", k)]) < np.mean(ref))
-            for arm in ["random", "oracle", *names]:
-                vals = mse[(mode, arm, k)]
-                delta, p = paired(vals, ref) if arm != "random" else (0.0, float("nan"))
-                if (mode, arm) in orders:
-                    share = float(clean[orders[mode, arm][:k]].mean())
-                    quarter = float(clean[orders[mode, arm][: len(pool) // 4]].mean())
-                else:
-                    share = quarter = 1.0 if arm == "oracle" else float("nan")
-                rows.append(dict(mode=mode, k=k, arm=arm, auroc=auc.get((mode, arm), float("nan")),
-                                 clean_share=share, clean_quarter=quarter, mse=float(np.mean(vals)), sd=float(np.std(vals, ddof=1)),
-                                 delta=delta, p=p, judged=judged, mean_shift=float(shift)))
+        rows += judge({name: orders[mode, name] for name in names}, clean,
+                      {(arm, k): v for (m, arm, k), v in mse.items() if m == mode}, cfg.ks, cfg.alpha, mode=mode,
+                      mean_shift=float(shift))
     table = pd.DataFrame(rows)
     groups = None
     if subsets is not None:

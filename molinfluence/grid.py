@@ -29,6 +29,9 @@ MODEL_RANKED: tuple[str, ...] = ("residual", "knn_agreement", "consensus", "beli
                                  "adaptive_greedy", "tracin")
 #: Model-ranked selectors that read the base model's IHVP (the others need only the model and the splits).
 NEEDS_IHVP: tuple[str, ...] = ("believable_helpful", "clipped_influence", "adaptive_greedy")
+#: Selectors that read the base model's IHVP when scripts/rank_pool.py ranks a pool with them (the planted-label audit
+#: ranks with every selector): those above and ``most_negative``, which in the grid reads the influence stage's scores.
+READS_IHVP: tuple[str, ...] = ("most_negative", *NEEDS_IHVP)
 #: Strategies ``selection.default`` may name: the recommended molecules (``selection/recommended.csv``).
 RECOMMENDABLE: tuple[str, ...] = ("most_negative", *MODEL_RANKED)
 #: Strategies that pick the top of the score ranking (hard selections; marked on the score histogram).
@@ -55,6 +58,22 @@ _SEED_SELECTION = "selection/{strategy}_k{k}_seed{seed}.csv"
 _RANKING = "selection/ranking/{strategy}.csv"
 RECOMMENDED = "selection/recommended.csv"
 _PARSE = re.compile(r"(?:^|/)finetune/(?P<init>[^/]+)/(?P<strategy>[^/]+)/k(?P<k>\d+|all)(?:/seed(?P<seed>\d+))?(?:/|$)")
+
+
+#: Selectors whose ranking covers only their first picks (no score for every pool row).
+PARTIAL_RANKING: tuple[str, ...] = ("adaptive_greedy",)
+
+
+def score_files(results: str, strategies: Iterable[str], default: str) -> dict[str, str]:
+    """Every selector's per-molecule score table the config makes, selector -> path: the influence scores (the
+    ``most_negative`` score) and the ranking of each model-ranked selector in ``strategies`` or ``default`` that scores
+    every pool row (not :data:`PARTIAL_RANKING`). What group validation correlates with measured group effects."""
+    named = {*strategies, default}
+    files = {RANKED[0]: f"{results}/influence/scores.csv"}
+    for strategy in MODEL_RANKED:
+        if strategy in named and strategy not in PARTIAL_RANKING:
+            files[strategy] = ranking_pattern(results).format(strategy=strategy)
+    return files
 
 
 def choice(names: Iterable[str]) -> str:

@@ -435,5 +435,46 @@ def plot_group_validation(per_subset: pd.DataFrame, summary: pd.DataFrame, selec
     for ax in axes[len(selectors):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
+
+
+def plot_audit(table: pd.DataFrame, path: str | os.PathLike[str], title: str) -> Path:
+    """The planted-label audit (:func:`molinfluence.audit.summarise`): left, each selector's clean share of its first k
+    against k (the pool's base rate dashed); right, each arm's ΔMSE vs random at each k (the oracle in black), a k where
+    the oracle is not significantly better than random shaded and marked "cannot judge"."""
+    target = _check_path(path)
+    _require(table, ["k", "arm", "clean_share", "delta", "judged"], "audit table", numeric=["k"])
+    ks = sorted(int(k) for k in table["k"].unique())
+    arms = [a for a in table["arm"].unique() if a not in ("random", "oracle")]
+    fig = _new_figure(10.0, 4.0)
+    left, right = fig.subplots(1, 2)
+    colors = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+    for arm in arms:
+        part = table[table["arm"] == arm].sort_values("k")
+        left.plot(part["k"], part["clean_share"], marker="o", color=colors[arm], label=arm)
+    if "base_rate" in table.columns:
+        left.axhline(float(table["base_rate"].iloc[0]), color="0.4", linestyle="--", linewidth=0.8, label="base rate")
+    left.set_xlabel("k (rows added)")
+    left.set_ylabel("clean share of the first k")
+    left.set_ylim(-0.02, 1.02)
+    left.set_xticks(ks)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    width = 0.8 / max(1, len(arms) + 1)
+    for j, k in enumerate(ks):
+        part = table[table["k"] == k].set_index("arm")
+        if not bool(part["judged"].iloc[0]):
+            right.axvspan(j - 0.45, j + 0.45, color="0.9", zorder=0)
+            right.text(j, 0.98, "cannot judge", transform=right.get_xaxis_transform(), ha="center", va="top",
+                       fontsize=7, color="0.3")
+        for i, arm in enumerate(["oracle", *arms]):
+            if arm in part.index:
+                x = j - 0.4 + width * (i + 0.5)
+                right.bar(x, float(part.loc[arm, "delta"]), width, color="black" if arm == "oracle" else colors[arm],
+                          label=arm if j == 0 else None)
+    right.axhline(0.0, color="0.3", linewidth=0.8)
+    right.set_xticks(range(len(ks)), [f"k={k}" for k in ks])
+    right.set_ylabel("test ΔMSE vs random (mean over seeds)")
+    right.grid(alpha=0.3, axis="y")
+    right.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _save(fig, target)

@@ -1,4 +1,5 @@
-"""Training runs from files to outputs: one run (base training), and every seed of a grid condition in one process.
+"""Training runs from files to outputs: one run (base training), every seed of a grid condition in one process, and
+the planted-label audit's arms (:func:`finetune_arm`).
 
 A fine-tuning condition ``(init, strategy, k)`` trains all its seeds in one process, so imports, device start-up and
 reading the splits are paid once per condition, not once per seed. Each seed still writes its own ``metrics.json``,
@@ -284,3 +285,27 @@ def finetune_condition(
         if failures:
             raise failures[0][1]
     return {seed: done[seed] for seed in sorted(done)}
+
+
+def finetune_arm(arm: str, k: int, seeds: Iterable[int], *, start: str, spec: Mapping[str, Any],
+                 recipe: Mapping[str, Any], splits: Splits, pool: pd.DataFrame, draw_seed: int,
+                 ranking: pd.DataFrame | None = None, log: Callable[[str], None] = print,
+                 progress: bool = False) -> pd.DataFrame:
+    """The planted-label audit's fine-tunes of one arm at ``k`` (:mod:`molinfluence.audit`): every seed continues from
+    the audit base ``start`` (``recipe`` without its seed) on the audit's ``splits`` plus the arm's k pool rows
+    (:func:`molinfluence.audit.picks`, planted labels) through :func:`train_run`; one row per seed with its test
+    metrics and how many of the added rows were clean (:data:`molinfluence.audit.ARM_COLUMNS`)."""
+    from .audit import ARM_COLUMNS, clean_mask, picks, selection_frame
+
+    clean = clean_mask(pool)
+    rows = []
+    for seed in seeds:
+        chosen = picks(pool, arm, k, seed, draw_seed, ranking)
+        cfg = TrainConfig.from_dict({**recipe, "seed": int(seed)})
+        result = train_run("continue", start, spec, cfg, splits, selection=selection_frame(pool, chosen),
+                           selection_source=f"audit arm {arm} k={k}", log=log, progress=progress)
+        m = result.metrics
+        rows.append(dict(arm=arm, k=int(k), seed=int(seed), mse=m["mse"], rmse=m["rmse"], mae=m["mae"], r2=m["r2"],
+                         n_added=m["n_added"], clean_added=int(clean[chosen].sum())))
+        log(f"{arm} k={k} seed {seed}: test MSE {m['mse']:.4f} ({rows[-1]['clean_added']} of {k} added rows clean)")
+    return pd.DataFrame(rows, columns=list(ARM_COLUMNS))

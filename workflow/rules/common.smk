@@ -12,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 from molinfluence.config import ConfigError, validate_config
 from molinfluence.files import code_hash
 from molinfluence.grid import CONTROLS, PER_SEED, RANKED, SCORED, WILDCARDS, Condition, choice, run_pattern, selection_pattern
-from molinfluence.grid import MODEL_RANKED, NEEDS_IHVP, RECOMMENDED, ranking_pattern
+from molinfluence.grid import MODEL_RANKED, NEEDS_IHVP, READS_IHVP, RECOMMENDED, ranking_pattern, score_files
 from molinfluence.grid import grid as grid_of
 from molinfluence.rule_keys import influence_options
 
@@ -109,6 +109,7 @@ def all_targets():
         *figure_files(),
         *validation_files(),
         *group_files(),
+        *audit_files(),
     ]
 
 
@@ -129,15 +130,15 @@ def group_files():
 
 
 def group_score_files():
-    """What group validation correlates, selector -> its score table: the pipeline's influence scores (most_negative)
-    and the ranking of every model-ranked selector the config names (selection.strategies, selection.default) that
-    scores the whole pool (adaptive_greedy ranks only its first picks)."""
-    named = [*SEL["strategies"], SEL["default"]]
-    files = {"most_negative": f"{R}/influence/scores.csv"}
-    for strategy in MODEL_RANKED:
-        if strategy in named and strategy != "adaptive_greedy":
-            files[strategy] = ranking_pattern(R).format(strategy=strategy)
-    return files
+    """What group validation correlates, selector -> its score table (molinfluence.grid.score_files)."""
+    return score_files(R, SEL["strategies"], SEL["default"])
+
+
+def audit_files():
+    """The planted-label audit's outputs, in rule all only with audit.enabled (it trains a base model and fine-tunes)."""
+    if not config["audit"]["enabled"]:
+        return []
+    return [f"{R}/audit/{name}" for name in ("audit.csv", "audit.md", "audit.png")]
 
 
 # Input functions and helpers of the stage files (kept here: Snakemake's linter wants rules and functions apart).
@@ -186,12 +187,18 @@ def ranking_inputs(w):
 def ranking_args(w):
     """A selector's arguments, as a list the shell command quotes ({params.args:q}): only the config sections it reads
     (so an unrelated setting never reruns it)."""
+    return selector_args(w.strategy, f"{R}/influence/hessian_inverse_fast.pt", NEEDS_IHVP)
+
+
+def selector_args(strategy, ihvp, needs_ihvp):
+    """rank_pool.py's arguments for one selector (ranking_args, and the audit's rank jobs): the selector options and
+    seed; the IHVP file ``ihvp`` and the influence options for the selectors in ``needs_ihvp``; tracin's recipe."""
     args = ["--options", jarg(SEL["selectors"]), "--seed", str(SEL["seed"])]
-    if w.strategy in NEEDS_IHVP:
-        args += ["--ihvp", f"{R}/influence/hessian_inverse_fast.pt"]
-    if w.strategy in NEEDS_IHVP or w.strategy == "tracin":
+    if strategy in needs_ihvp:
+        args += ["--ihvp", ihvp]
+    if strategy in needs_ihvp or strategy == "tracin":
         args += ["--influence", jarg(influence_options("rank_pool", INF))]
-    if w.strategy == "tracin":
+    if strategy == "tracin":
         args += ["--finetune", train_args(SEL["selectors"]["tracin_epochs"], SEL["seed"])]
     return args
 
@@ -233,3 +240,32 @@ def figure_files():
 
 wildcard_constraints:
     **WILDCARDS,
+
+
+# -- the planted-label audit (audit.smk) -------------------------------------------------------------------------------
+
+AUD = config["audit"]
+AUD_DIR = f"{R}/audit"
+AUD_ARMS = ("random", "oracle", *AUD["selectors"])
+
+
+def audit_rank_inputs(w):
+    """The audit base's IHVP, for the selectors that score by influence."""
+    return {"ihvp": f"{AUD_DIR}/influence/hessian_inverse_fast.pt"} if w.selector in READS_IHVP else {}
+
+
+def audit_rank_args(w):
+    return selector_args(w.selector, f"{AUD_DIR}/influence/hessian_inverse_fast.pt", READS_IHVP)
+
+
+def audit_arm_inputs(w):
+    """A selector arm's ranking (random and oracle draw from the pool)."""
+    return {"ranking": f"{AUD_DIR}/ranking/{w.arm}.csv"} if w.arm in AUD["selectors"] else {}
+
+
+def audit_arm_args(w, input):
+    return shlex.join(["--ranking", input.ranking]) if w.arm in AUD["selectors"] else ""
+
+
+def audit_runs():
+    return [f"{AUD_DIR}/finetune/{arm}_k{k}.csv" for arm in AUD_ARMS for k in sorted(AUD["k"])]
