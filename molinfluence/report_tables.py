@@ -9,7 +9,8 @@ Tables (each from the files the pipeline wrote; nothing is computed here but for
 - ``validation``: the influence-validation summary, one row per setting (``validation/influence_validation.json``);
 - ``estimators``: the estimator comparison (``validation/estimators.csv``);
 - ``metrics``: the fine-tuning table, ``metrics.md`` exactly as the ``metrics_table`` rule wrote it;
-- ``groups``: the group validation (``groups/group_validation.md`` as the ``group_summary`` rule wrote it).
+- ``groups``: the group validation (``groups/group_validation.md`` as the ``group_summary`` rule wrote it);
+- ``audit``: the planted-label audit (``audit/audit.md`` as the ``audit_summary`` rule wrote it).
 
 ``--figures DIR`` also copies the figures the README shows (:data:`FIGURES`, those that exist) into ``DIR``:
 
@@ -35,12 +36,14 @@ TABLES: dict[str, tuple[str, ...]] = {
     "estimators": ("validation/estimators.csv",),
     "metrics": ("metrics.md",),
     "groups": ("groups/group_validation.md",),
+    "audit": ("audit/audit.md",),
 }
 FIGURES: tuple[str, ...] = (
     "figures/rmse_vs_k.png",
     "validation/influence_validation.png",
     "validation/estimators.png",
     "groups/group_validation.png",
+    "audit/audit.png",
 )
 """The figures the README and docs show, relative to the results folder (copied by ``--figures``)."""
 
@@ -178,9 +181,13 @@ def groups_table(results: Path) -> str:
     return (results / TABLES["groups"][0]).read_text(encoding="utf-8").rstrip()
 
 
+def audit_table(results: Path) -> str:
+    return (results / TABLES["audit"][0]).read_text(encoding="utf-8").rstrip()
+
+
 BUILDERS: dict[str, Callable[[Path], str]] = {
     "run": run_table, "validation": validation_table, "estimators": estimators_table, "metrics": metrics_table,
-    "groups": groups_table,
+    "groups": groups_table, "audit": audit_table,
 }
 TITLES = {
     "run": "Base model and IHVP",
@@ -188,6 +195,7 @@ TITLES = {
     "estimators": "Estimators compared",
     "metrics": "Fine-tuning table",
     "groups": "Group validation",
+    "audit": "Planted-label audit",
 }
 
 

@@ -73,7 +73,8 @@ def test_missing_files_are_named_and_an_asked_table_is_required(tmp_path: Path) 
     warnings: list[str] = []
     text = report(results, warn=warnings.append)
     assert "Fine-tuning table" not in text and "Estimators compared" in text
-    assert len(warnings) == 2 and "metrics.md not found" in warnings[0] and "group_validation.md not found" in warnings[1]
+    assert len(warnings) == 3 and "metrics.md not found" in warnings[0] and "group_validation.md not found" in warnings[1]
+    assert "audit.md not found" in warnings[2]
     with pytest.raises(ReportError, match="metrics.md not found"):
         report(results, ["metrics"])
     with pytest.raises(ReportError, match="none of the files"):
