@@ -435,6 +435,8 @@ def plot_group_validation(per_subset: pd.DataFrame, summary: pd.DataFrame, selec
     for ax in axes[len(selectors):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, target)
 
 
 def plot_audit(table: pd.DataFrame, path: str | os.PathLike[str], title: str) -> Path:

@@ -248,3 +248,19 @@ def test_report_figures_read_the_runs_the_table_names(tmp_path: Path) -> None:
     (Path(first_run(df, best).path(str(results))) / "train_log.csv").unlink()
     with pytest.raises(FileNotFoundError, match="train_log.csv"):
         report_figures(results, summary, df, scores_frame(), tmp_path / "figures")
+
+
+def test_group_validation_figure_has_a_panel_per_selector_and_names_a_bad_column(tmp_path: Path) -> None:
+    from molinfluence.plots import plot_group_validation
+    from molinfluence.validation.groups import draw_subsets, group_table, measure, predicted_effects
+
+    subsets = draw_subsets(range(30), [4, 8], 5, seed=0)
+    score = pd.Series(np.linspace(-1, 1, 30))
+    runs = measure(subsets, [0, 1], lambda m, s: {"target_loss": 1.0 + (0 if m is None else 0.01 * float(score[m].sum()))
+                                                  + 0.001 * s})
+    summary, per_subset = group_table(predicted_effects(subsets, {"a": score, "b": -score}), runs, n_boot=100)
+    out = plot_group_validation(per_subset, summary, ["a", "b"], tmp_path / "g.png", title="t")
+    assert out.stat().st_size > 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="'a'"):
+        plot_group_validation(per_subset.assign(a=np.inf), summary, ["a"], tmp_path / "bad.png", title="t")
+    assert not (tmp_path / "bad.png").exists()
