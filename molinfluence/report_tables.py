@@ -10,7 +10,11 @@ Tables (each from the files the pipeline wrote; nothing is computed here but for
 - ``estimators``: the estimator comparison (``validation/estimators.csv``);
 - ``metrics``: the fine-tuning table, ``metrics.md`` exactly as the ``metrics_table`` rule wrote it;
 - ``groups``: the group validation (``groups/group_validation.md`` as the ``group_summary`` rule wrote it);
-- ``audit``: the planted-label audit (``audit/audit.md`` as the ``audit_summary`` rule wrote it).
+- ``audit``: the planted-label audit (``audit/audit.md`` as the ``audit_summary`` rule wrote it);
+- ``selectors``: every selector side by side (``audit/audit.csv``, and ``groups/group_validation.csv`` when present;
+  with ``--bed CSV`` also the test bed's table that ``benchmarks/selection.py --csv CSV`` wrote and its
+  ``.groups.csv``): clean share of the top quarter and ΔMSE vs random (p) per mode and k beside the oracle's margin,
+  and the group-effect Spearman with its interval.
 
 ``--figures DIR`` also copies the figures the README shows (:data:`FIGURES`, those that exist) into ``DIR``:
 
@@ -37,6 +41,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "metrics": ("metrics.md",),
     "groups": ("groups/group_validation.md",),
     "audit": ("audit/audit.md",),
+    "selectors": ("audit/audit.csv",),
 }
 FIGURES: tuple[str, ...] = (
     "figures/rmse_vs_k.png",
@@ -185,9 +190,77 @@ def audit_table(results: Path) -> str:
     return (results / TABLES["audit"][0]).read_text(encoding="utf-8").rstrip()
 
 
+def _verdict_columns(source: str, path: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """Columns of the selectors table from a verdict table (the audit's or the bed's: one row per mode, k and arm)."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    missing = [c for c in ("mode", "k", "arm", "clean_share", "clean_quarter", "delta", "p", "judged") if c not in table.columns]
+    if missing:
+        raise ReportError(f"{path}: lacks column(s) {', '.join(missing)}")
+    headers, cells = [], {}
+    for mode, by_mode in table.groupby("mode", sort=False):
+        headers.append(f"{source} {mode}: clean share of top quarter (AUROC)")
+        first = by_mode[by_mode.k == by_mode.k.iloc[0]]
+        for _, row in first[first.arm != "random"].iterrows():
+            auroc = "" if pd.isna(row.get("auroc")) else f" ({row.auroc:.2f})"
+            cells.setdefault(row.arm, {})[headers[-1]] = f"{row.clean_quarter:.0%}{auroc}"
+        for k, part in by_mode.groupby("k", sort=True):
+            oracle = part[part.arm == "oracle"]
+            judged = bool(oracle["judged"].iloc[0]) if len(oracle) else False
+            headers.append(f"{source} {mode} k={k}: clean@k; ΔMSE vs random (p)" + ("" if judged else " — CANNOT JUDGE"))
+            for _, row in part[part.arm != "random"].iterrows():
+                cells.setdefault(row.arm, {})[headers[-1]] = f"{row.clean_share:.0%}; {row.delta:+.4f} ({fmt(row.p, 2)})"
+    return headers, cells
+
+
+def _group_columns(source: str, path: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """Columns of the selectors table from a group-validation table (the pipeline's or the bed's, with ``mode``)."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    missing = [c for c in ("selector", "k", "spearman", "spearman_lo", "spearman_hi", "ceiling") if c not in table.columns]
+    if missing:
+        raise ReportError(f"{path}: lacks column(s) {', '.join(missing)}")
+    if "mode" not in table.columns:
+        table = table.assign(mode="")
+    headers, cells = [], {}
+    for mode, part in table.groupby("mode", sort=False):
+        overall = part[part.k.astype(str) == "all"]
+        part = overall if len(overall) else part[part.k == part.k.max()]
+        header = f"{source} group effects {mode} k={part.k.iloc[0]}: Spearman [95 % CI] (ceiling {fmt(part.ceiling.iloc[0], 2)})"
+        headers.append(header.replace("  ", " "))
+        for _, row in part.iterrows():
+            cells.setdefault(row.selector, {})[headers[-1]] = with_ci(row.spearman, row.spearman_lo, row.spearman_hi, 2)
+    return headers, cells
+
+
+def selectors_table(results: Path, bed: Path | None = None) -> str:
+    """Every selector side by side: the audit, the group validation and (``bed``) the test bed."""
+    sources = [_verdict_columns("audit", results / TABLES["selectors"][0])]
+    groups = results / "groups" / "group_validation.csv"
+    if groups.is_file():
+        sources.append(_group_columns("run", groups))
+    if bed is not None:
+        if not Path(bed).is_file():
+            raise ReportError(f"{bed}: no such bed table (benchmarks/selection.py --csv writes it)")
+        sources.append(_verdict_columns("bed", Path(bed)))
+        bed_groups = Path(bed).with_suffix(".groups.csv")
+        if bed_groups.is_file():
+            sources.append(_group_columns("bed", bed_groups))
+    headers = [h for hs, _ in sources for h in hs]
+    names: list[str] = []
+    for _, cells in sources:
+        names += [n for n in cells if n not in names]
+    names.sort(key=lambda n: (n != "oracle", n))
+    rows = [[f"`{n}`", *(next((c[n][h] for _, c in sources if n in c and h in c[n]), "–") for h in headers)]
+            for n in names]
+    return markdown(["selector", *headers], rows)
+
+
 BUILDERS: dict[str, Callable[[Path], str]] = {
     "run": run_table, "validation": validation_table, "estimators": estimators_table, "metrics": metrics_table,
-    "groups": groups_table, "audit": audit_table,
+    "groups": groups_table, "audit": audit_table, "selectors": selectors_table,
 }
 TITLES = {
     "run": "Base model and IHVP",
@@ -196,11 +269,14 @@ TITLES = {
     "metrics": "Fine-tuning table",
     "groups": "Group validation",
     "audit": "Planted-label audit",
+    "selectors": "Selectors side by side",
 }
 
 
-def report(results: str | Path, tables: Sequence[str] | None = None, *, warn: Callable[[str], None] | None = None) -> str:
-    """The markdown of ``tables`` (default: every table whose files exist under ``results``)."""
+def report(results: str | Path, tables: Sequence[str] | None = None, *, warn: Callable[[str], None] | None = None,
+           bed: str | Path | None = None) -> str:
+    """The markdown of ``tables`` (default: every table whose files exist under ``results``); ``bed``: the test bed's
+    table for the ``selectors`` table."""
     results = Path(results)
     if not results.is_dir():
         raise ReportError(f"{results}: no such results folder (the pipeline writes <workdir>/results/)")
@@ -217,7 +293,8 @@ def report(results: str | Path, tables: Sequence[str] | None = None, *, warn: Ca
             if warn is not None:
                 warn(f"skipped table {message}")
             continue
-        parts.append(f"### {TITLES[name]} (`{' + '.join(TABLES[name])}`)\n\n{BUILDERS[name](results)}")
+        text = selectors_table(results, Path(bed) if bed else None) if name == "selectors" else BUILDERS[name](results)
+        parts.append(f"### {TITLES[name]} (`{' + '.join(TABLES[name])}`)\n\n{text}")
     if not parts:
         raise ReportError(f"{results}: none of the files of the tables ({', '.join(TABLES)}) found")
     return "\n\n".join(parts) + "\n"
@@ -246,9 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results", help="a finished run's results folder (e.g. results/)")
     parser.add_argument("--table", action="append", choices=list(TABLES), help="only this table (repeatable)")
     parser.add_argument("--figures", metavar="DIR", help="also copy the README's figures that exist into DIR")
+    parser.add_argument("--bed", metavar="CSV", help="the test bed's table (benchmarks/selection.py --csv) for --table selectors")
     args = parser.parse_args(argv)
     try:
-        text = report(args.results, args.table, warn=lambda m: print(m, file=sys.stderr))
+        text = report(args.results, args.table, warn=lambda m: print(m, file=sys.stderr), bed=args.bed)
         if args.figures:
             for path in copy_figures(args.results, args.figures):
                 print(f"copied {path}", file=sys.stderr)

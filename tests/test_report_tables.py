@@ -73,8 +73,8 @@ def test_missing_files_are_named_and_an_asked_table_is_required(tmp_path: Path) 
     warnings: list[str] = []
     text = report(results, warn=warnings.append)
     assert "Fine-tuning table" not in text and "Estimators compared" in text
-    assert len(warnings) == 3 and "metrics.md not found" in warnings[0] and "group_validation.md not found" in warnings[1]
-    assert "audit.md not found" in warnings[2]
+    assert len(warnings) == 4 and "metrics.md not found" in warnings[0] and "group_validation.md not found" in warnings[1]
+    assert "audit.md not found" in warnings[2] and "audit.csv not found" in warnings[3]
     with pytest.raises(ReportError, match="metrics.md not found"):
         report(results, ["metrics"])
     with pytest.raises(ReportError, match="none of the files"):
@@ -178,3 +178,43 @@ def test_group_table_and_the_readme_figures_come_from_the_results_folder(tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "figs" / "groups_group_validation.png").read_bytes() == b"png-bytes"
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["groups_group_validation.png"]
+
+
+def _verdict(path: Path, mode: str = "swap") -> None:
+    pd.DataFrame([
+        {"mode": mode, "k": 20, "arm": "random", "auroc": None, "clean_share": None, "clean_quarter": None, "delta": 0.0,
+         "p": None, "judged": True},
+        {"mode": mode, "k": 20, "arm": "oracle", "auroc": None, "clean_share": 1.0, "clean_quarter": 1.0, "delta": -0.47,
+         "p": 0.036, "judged": True},
+        {"mode": mode, "k": 20, "arm": "knn_agreement", "auroc": 0.87, "clean_share": 0.85, "clean_quarter": 0.8,
+         "delta": -0.11, "p": 0.74, "judged": True},
+        {"mode": mode, "k": 40, "arm": "oracle", "auroc": None, "clean_share": 1.0, "clean_quarter": 1.0, "delta": -0.1,
+         "p": 0.5, "judged": False},
+        {"mode": mode, "k": 40, "arm": "knn_agreement", "auroc": 0.87, "clean_share": 0.78, "clean_quarter": 0.8,
+         "delta": -0.71, "p": 0.043, "judged": False},
+    ]).to_csv(path, index=False)
+
+
+def test_selectors_table_puts_audit_group_effects_and_bed_side_by_side(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    (results / "audit").mkdir()
+    _verdict(results / "audit" / "audit.csv")
+    text = report(results, ["selectors"])
+    # the quarter and AUROC once per mode; clean@k and ΔMSE (p) per k; a k the oracle cannot judge says so
+    assert "| `oracle` | 100% | 100%; -0.4700 (0.036) | 100%; -0.1000 (0.5) |" in text
+    assert "| `knn_agreement` | 80% (0.87) | 85%; -0.1100 (0.74) | 78%; -0.7100 (0.043) |" in text
+    assert "audit swap k=40: clean@k; ΔMSE vs random (p) — CANNOT JUDGE" in text and "k=20: clean@k; ΔMSE vs random (p) |" in text
+    (results / "groups").mkdir()
+    pd.DataFrame([{"selector": "knn_agreement", "k": k, "spearman": r, "spearman_lo": r - 0.5, "spearman_hi": 1.0,
+                   "ceiling": 0.59} for k, r in (("20", 0.1), ("all", 0.12))]).to_csv(
+        results / "groups" / "group_validation.csv", index=False)
+    bed = tmp_path / "bed.csv"
+    _verdict(bed, mode="offset")
+    pd.DataFrame([{"selector": "most_negative", "k": 100, "spearman": 0.64, "spearman_lo": -0.15, "spearman_hi": 0.99,
+                   "ceiling": 0.56, "mode": "offset"}]).to_csv(tmp_path / "bed.groups.csv", index=False)
+    text = report(results, ["selectors"], bed=bed)
+    assert "run group effects k=all: Spearman [95 % CI] (ceiling 0.59)" in text and "| 0.12 [-0.38, 1.00] |" in text
+    assert "bed offset k=20" in text and "bed group effects offset k=100: Spearman [95 % CI] (ceiling 0.56)" in text
+    assert text.rstrip().endswith("| 0.64 [-0.15, 0.99] |"), "most_negative: only the bed's group effect, the rest –"
+    with pytest.raises(ReportError, match="no such bed table"):
+        report(results, ["selectors"], bed=tmp_path / "missing.csv")
