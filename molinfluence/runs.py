@@ -287,6 +287,17 @@ def finetune_condition(
     return {seed: done[seed] for seed in sorted(done)}
 
 
+def continue_run(start: str | Path, spec: Mapping[str, Any], recipe: Mapping[str, Any], splits: Splits,
+                 added: pd.DataFrame | None, seed: int, *, source: str = "the added rows",
+                 log: Callable[[str], None] = print, progress: bool = False) -> RunResult:
+    """The grid's ``continue`` run at one seed: from the trained base model ``start``, the fine-tune ``recipe`` (without
+    its seed) with ``seed``, on ``splits``' training split plus ``added`` (columns smiles, label, weight; None: nothing
+    added). What the group validation and the planted-label audit fine-tune with."""
+    cfg = TrainConfig.from_dict({**recipe, "seed": int(seed)})
+    return train_run("continue", start, spec, cfg, splits, selection=added, selection_source=source, log=log,
+                     progress=progress)
+
+
 def finetune_arm(arm: str, k: int, seeds: Iterable[int], *, start: str, spec: Mapping[str, Any],
                  recipe: Mapping[str, Any], splits: Splits, pool: pd.DataFrame, draw_seed: int,
                  ranking: pd.DataFrame | None = None, log: Callable[[str], None] = print,
@@ -301,9 +312,8 @@ def finetune_arm(arm: str, k: int, seeds: Iterable[int], *, start: str, spec: Ma
     rows = []
     for seed in seeds:
         chosen = picks(pool, arm, k, seed, draw_seed, ranking)
-        cfg = TrainConfig.from_dict({**recipe, "seed": int(seed)})
-        result = train_run("continue", start, spec, cfg, splits, selection=selection_frame(pool, chosen),
-                           selection_source=f"audit arm {arm} k={k}", log=log, progress=progress)
+        result = continue_run(start, spec, recipe, splits, selection_frame(pool, chosen), seed,
+                              source=f"audit arm {arm} k={k}", log=log, progress=progress)
         m = result.metrics
         rows.append(dict(arm=arm, k=int(k), seed=int(seed), mse=m["mse"], rmse=m["rmse"], mae=m["mae"], r2=m["r2"],
                          n_added=m["n_added"], clean_added=int(clean[chosen].sum())))

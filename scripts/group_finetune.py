@@ -1,6 +1,6 @@
 """Fine-tune with each random subset of the pool added (or without additions: the baseline) over seeds, through the
 grid's own run: ``group_finetune.py --part baseline|kK --subsets CSV --seeds S... --args JSON --spec JSON
---start BASE_DIR --train CSV --validation CSV --test CSV --external CSV --target CSV [--code HASH] [--threads N]
+--start BASE_DIR --train CSV --validation CSV --test CSV --external CSV --target CSV [--threads N]
 --out CSV``.
 
 Output: one row per run: subset (-1: baseline), k, seed, target_loss (MSE on --target), test_mse, epochs_run
@@ -29,7 +29,6 @@ def main() -> None:
     p.add_argument("--start", required=True, help="the trained base model")
     for name in ("train", "validation", "test", "external", "target"):
         p.add_argument(f"--{name}", required=True)
-    p.add_argument("--code", help="hash of the training code (part of the resume checkpoint's run identity)")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -54,7 +53,7 @@ def main() -> None:
     pool, target = pd.read_csv(args.external), pd.read_csv(args.target)
     pool.attrs["source"], target.attrs["source"] = args.external, args.target
     finetune = grid_finetune(args.start, args.spec, args.args, Splits.read(args.train, args.validation, args.test),
-                             pool, target, code=args.code)
+                             pool, target)
     runs = measure(subsets, args.seeds, finetune, baseline=match.group(1) is None, log=print)
     write_csv(args.out, runs)
     print(f"{len(runs)} fine-tunes -> {args.out}")

@@ -226,28 +226,26 @@ def markdown(summary: pd.DataFrame) -> str:
 
 
 def grid_finetune(start: str, spec: Mapping[str, Any], recipe: Mapping[str, Any], splits: Any, pool: pd.DataFrame,
-                  target: pd.DataFrame, *, code: str | None = None,
-                  log: Callable[[str], None] = print) -> Callable[[np.ndarray | None, int], dict[str, float]]:
-    """The fine-tune :func:`measure` calls: the grid's own run (:func:`molinfluence.runs.train_run`, ``continue``
+                  target: pd.DataFrame) -> Callable[[np.ndarray | None, int], dict[str, float]]:
+    """The fine-tune :func:`measure` calls: the grid's own run (:func:`molinfluence.runs.continue_run`, ``continue``
     from the base model ``start``, the ``finetune`` recipe ``recipe`` with the run's seed, early stopping on the
     validation split as the grid does) with the subset's pool rows added at weight 1, as a selection would add them.
     Returns ``target_loss`` (MSE on ``target``, the influence target split) and ``test_mse``. ``splits`` is a
     :class:`molinfluence.runs.Splits`; ``pool`` the external split (columns ``ext_index``, ``smiles``, ``label``)."""
-    from ..runs import train_run
+    from ..runs import continue_run
     from ..training import TrainConfig, evaluate, pick_device
 
     missing = {"ext_index", "smiles", "label"} - set(pool.columns)
     if missing:
         raise ValueError(f"{pool.attrs.get('source', 'the external split')}: lacks column(s) {sorted(missing)}")
     by_ext = pool.set_index("ext_index")
+    cfg = TrainConfig.from_dict(recipe)  # how to evaluate (batch size, token limit, device): the seed does not matter
 
     def finetune(members: np.ndarray | None, seed: int) -> dict[str, float]:
-        cfg = TrainConfig.from_dict({**recipe, "seed": int(seed)})
-        selection = None
+        added = None
         if members is not None:
-            selection = by_ext.loc[members, ["smiles", "label"]].reset_index(drop=True).assign(weight=1.0)
-        result = train_run("continue", start, spec, cfg, splits, selection=selection, selection_source="the subset",
-                           code=code, log=lambda _m: None, progress=False)
+            added = by_ext.loc[members, ["smiles", "label"]].reset_index(drop=True).assign(weight=1.0)
+        result = continue_run(start, spec, recipe, splits, added, seed, source="the subset", log=lambda _m: None)
         target_metrics, _ = evaluate(result.model, result.tokenizer, target, cfg, pick_device(cfg.device))
         return {"target_loss": float(target_metrics["mse"]), "test_mse": float(result.metrics["mse"]),
                 "epochs_run": float(result.metrics["epochs_run"])}

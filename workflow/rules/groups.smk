@@ -67,7 +67,7 @@ rule group_finetune:
         "{params.py:q} {params.script:q} --part {wildcards.part} --subsets {input.subsets:q} --seeds {params.seeds}"
         " --args {params.args:q} --spec {params.spec:q} --start {input.start:q} --train {input.train:q}"
         " --validation {input.validation:q} --test {input.test:q} --external {input.external:q}"
-        " --target {input.target:q} --code {params.code} --threads {threads} --out {output:q} > {log:q} 2>&1"
+        " --target {input.target:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule group_summary:
