@@ -21,14 +21,14 @@ from typing import Any, Iterable, Mapping
 INITS: tuple[str, ...] = ("continue", "fresh")
 #: Selection strategies a config may list (``selection.strategies``), in the order the grid is built.
 STRATEGIES: tuple[str, ...] = ("most_negative", "most_positive", "both_ends", "random", "all", "weighted", "residual",
-                               "knn_agreement", "consensus", "believable_helpful", "clipped_influence", "adaptive_greedy",
-                               "tracin")
+                               "knn_agreement", "consensus", "believable_helpful", "knn_influence", "clipped_influence",
+                               "adaptive_greedy", "tracin")
 #: Strategies ranked by a selector of :mod:`molinfluence.selectors` with the base model (rule rank_pool writes the
 #: ranking ``selection/ranking/{strategy}.csv``; the selection takes its first k rows).
-MODEL_RANKED: tuple[str, ...] = ("residual", "knn_agreement", "consensus", "believable_helpful", "clipped_influence",
-                                 "adaptive_greedy", "tracin")
+MODEL_RANKED: tuple[str, ...] = ("residual", "knn_agreement", "consensus", "believable_helpful", "knn_influence",
+                                 "clipped_influence", "adaptive_greedy", "tracin")
 #: Model-ranked selectors that read the base model's IHVP (the others need only the model and the splits).
-NEEDS_IHVP: tuple[str, ...] = ("believable_helpful", "clipped_influence", "adaptive_greedy")
+NEEDS_IHVP: tuple[str, ...] = ("believable_helpful", "knn_influence", "clipped_influence", "adaptive_greedy")
 #: Selectors that read the base model's IHVP when scripts/rank_pool.py ranks a pool with them (the planted-label audit
 #: ranks with every selector): those above and ``most_negative``, which in the grid reads the influence stage's scores.
 READS_IHVP: tuple[str, ...] = ("most_negative", *NEEDS_IHVP)

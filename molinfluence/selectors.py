@@ -15,6 +15,9 @@ selectors here answer the question with other evidence, or combine it with influ
   absolute residual against the target (validation) split's absolute residuals, ``(|r| − median) / (1.4826 MAD)``, is
   at most ``believable_z``; believable rows come first ranked by influence (most negative first), the rest after
   ranked by residual.
+- ``knn_influence``: believable **and** helpful by rank: the rank of the kNN disagreement (as ``knn_agreement``) plus
+  the rank of the influence score (as ``most_negative``), lowest first — a molecule comes first only when its label
+  agrees with its neighbours and adding it is predicted to help (a Borda count of the two orders).
 - ``clipped_influence``: the influence score with the residual clipped to the target split's ``clip_quantile``
   quantile of ``|r|``: ``−2 clip(r) (∇f · s)`` — the label replaced by its prediction-consistent part, so an
   implausible label counts no more than a plausible one.
@@ -238,9 +241,17 @@ def believable_helpful_score(ctx: PoolContext) -> np.ndarray:
     """Believable rows first by influence, then the rest by residual: one score, lower = more recommended."""
     influence = ctx.influence_scores()
     believable = believable_mask(ctx)
-    rank_inf = np.argsort(np.argsort(influence, kind="stable"), kind="stable")
-    rank_res = np.argsort(np.argsort(np.abs(ctx.residuals("pool")), kind="stable"), kind="stable")
-    return np.where(believable, rank_inf, len(influence) + rank_res).astype(np.float64)
+    return np.where(believable, _ranks(influence), len(influence) + _ranks(np.abs(ctx.residuals("pool")))).astype(np.float64)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """0-based rank of every value (ties by position)."""
+    return np.argsort(np.argsort(np.asarray(values, dtype=np.float64), kind="stable"), kind="stable")
+
+
+def knn_influence_score(ctx: PoolContext) -> np.ndarray:
+    """rank(kNN disagreement) + rank(influence score): low only when the label is believable and the row helpful."""
+    return (_ranks(knn_score(ctx)) + _ranks(ctx.influence_scores())).astype(np.float64)
 
 
 def clipped_influence_score(ctx: PoolContext) -> np.ndarray:
@@ -393,6 +404,7 @@ SELECTORS: dict[str, Callable[[PoolContext, int], np.ndarray]] = {
     "knn_agreement": _by_score(knn_score),
     "consensus": _by_score(consensus_score),
     "believable_helpful": _by_score(believable_helpful_score),
+    "knn_influence": _by_score(knn_influence_score),
     "clipped_influence": _by_score(clipped_influence_score),
     "adaptive_greedy": adaptive_greedy,
     "tracin": _by_score(tracin_score),

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_path_and_parse_round_trip_for_every_condition_of_a_grid() -> None:
     conditions = g.grid(["continue", "fresh"], g.STRATEGIES, [70, 50, 100])
-    # per init: the no-data control, 4 strategies and 7 model-ranked selectors at 3 k values, 2 whole-pool strategies
-    assert len(conditions) == 2 * (1 + (4 + 7) * 3 + 2)
+    # per init: the no-data control, 4 strategies and 8 model-ranked selectors at 3 k values, 2 whole-pool strategies
+    assert len(conditions) == 2 * (1 + (4 + 8) * 3 + 2)
     assert conditions[0] == Condition("continue", "none", 0)
     for condition in conditions:
         for run in condition.runs([0, 7]):

@@ -165,6 +165,24 @@ def test_believable_helpful_ranks_believable_rows_by_influence(planted):
     assert bad[SELECTORS["most_negative"](ctx, bad.sum())].any()
 
 
+def test_knn_influence_is_the_rank_sum_of_believability_and_helpfulness(planted):
+    """knn_influence = rank(kNN disagreement) + rank(influence): checked against ranks counted by hand (position of each
+    row in each order); a row first in both orders comes first, and the planted wrong labels (last by kNN agreement)
+    never lead."""
+    from molinfluence.selectors import knn_influence_score, knn_score
+
+    ctx, bad = planted
+    knn, influence = knn_score(ctx), ctx.influence_scores()
+    by_hand = np.empty(len(knn))
+    for i in range(len(knn)):
+        by_hand[i] = sum((knn[j], j) < (knn[i], i) for j in range(len(knn))) + sum(
+            (influence[j], j) < (influence[i], i) for j in range(len(knn)))
+    np.testing.assert_array_equal(knn_influence_score(ctx), by_hand)
+    order = SELECTORS["knn_influence"](ctx, len(ctx.pool))
+    assert np.array_equal(order, np.argsort(by_hand, kind="stable"))
+    assert not bad[order[: int(bad.sum())]].all()
+
+
 def test_robust_z_is_relative_to_the_reference():
     ref = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     np.testing.assert_allclose(robust_z([3.0, 3.0 + 1.4826], ref), [0.0, 1.0])
@@ -209,6 +227,7 @@ def test_rank_pool_and_recommend_scripts_write_the_rankings_and_the_recommended_
     extra = {
         "knn_agreement": [],
         "believable_helpful": ["--ihvp", str(tmp_path / "ihvp.pt"), "--influence", json.dumps(influence)],
+        "knn_influence": ["--ihvp", str(tmp_path / "ihvp.pt"), "--influence", json.dumps(influence)],
         "adaptive_greedy": ["--ihvp", str(tmp_path / "ihvp.pt"), "--influence", json.dumps(influence),
                             "--options", json.dumps({"rounds": 2})],
         "tracin": ["--influence", json.dumps(influence), "--options", json.dumps({"tracin_epochs": 2}),
