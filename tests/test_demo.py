@@ -51,7 +51,7 @@ def test_demo_runs_end_to_end_with_the_grid_its_config_asks_for(full_demo):
     from molinfluence.grid import score_files
 
     selectors = score_files("results", cfg["selection"]["strategies"], cfg["selection"]["default"])
-    assert set(selectors) == {"most_negative", "knn_agreement"}
+    assert set(selectors) == {"most_negative", "knn_influence", "knn_agreement"}
     assert set(zip(groups.selector, groups.k.astype(str))) == {(s, k) for s in selectors for k in sizes}, (
         "docs/validation.md: every selector's group-effect agreement at each k and over all k")
     assert groups.spearman.between(-1, 1).all() and (groups.spearman_lo <= groups.spearman_hi).all()
