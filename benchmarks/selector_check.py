@@ -98,7 +98,7 @@ def main() -> None:
                    help="also fine-tune (continue) on train + each selection over this many seeds and print test MSE")
     p.add_argument("--finetune-selectors", default="residual,knn_agreement,consensus")
     p.add_argument("--dump", help="write the per-row quantities (npz) for offline analysis")
-    p.add_argument("--selectors", default="most_negative,residual,knn_agreement,believable_helpful,clipped_influence,tracin,adaptive_greedy")
+    p.add_argument("--selectors", default="most_negative,residual,knn_agreement,believable_helpful,knn_influence,clipped_influence,tracin,adaptive_greedy")
     args = p.parse_args()
 
     import torch
