@@ -122,9 +122,11 @@ def test_adding_a_k_plans_only_its_jobs_and_the_table(demo, tmp_path):
 # The demo enables the influence-validation stage: it depends on the scores (and the base model), so it reruns too.
 VALIDATION = {"validate_choose": 1, "validate_convex": 1, "validate_full": 2, "validate_estimators": 1,
               "validate_influence": 1, "validate_estimator_table": 1}
+# The recommended selector (selection.default, knn_influence) reads the IHVP: its ranking and recommended.csv rerun too.
+RECOMMENDED = {"rank_pool": 1, "recommend": 1}
 INFLUENCE_DOWNSTREAM = {
     "influence_ihvp": 1, "influence_scores": 1, "select_scored": 2, "finetune": SCORED_GRID,
-    "metrics_table": 1, "figures": 1, "all": 1, **VALIDATION,
+    "metrics_table": 1, "figures": 1, "all": 1, **VALIDATION, **RECOMMENDED,
 }
 
 
@@ -183,8 +185,7 @@ def _edited(demo, module):
 def test_editing_the_influence_module_reruns_the_same_jobs_as_a_damping_change(demo):
     with _edited(demo, "influence/solvers.py"):
         # plus the validation baselines: they import influence (not the damping), so a code edit reruns them too
-        # and the default selector's ranking (its script imports the influence engine) with the recommended file
-        assert demo.planned() == {**INFLUENCE_DOWNSTREAM, "validate_baseline": 2, "rank_pool": 1, "recommend": 1}
+        assert demo.planned() == {**INFLUENCE_DOWNSTREAM, "validate_baseline": 2}
     assert demo.planned() == {}
 
 
