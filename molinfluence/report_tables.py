@@ -178,16 +178,9 @@ def estimators_table(results: Path) -> str:
     return markdown(header, rows)
 
 
-def metrics_table(results: Path) -> str:
-    return (results / TABLES["metrics"][0]).read_text(encoding="utf-8").rstrip()
-
-
-def groups_table(results: Path) -> str:
-    return (results / TABLES["groups"][0]).read_text(encoding="utf-8").rstrip()
-
-
-def audit_table(results: Path) -> str:
-    return (results / TABLES["audit"][0]).read_text(encoding="utf-8").rstrip()
+def as_written(name: str) -> Callable[[Path], str]:
+    """A table the pipeline already wrote as markdown (``TABLES[name]``), printed as it is."""
+    return lambda results: (results / TABLES[name][0]).read_text(encoding="utf-8").rstrip()
 
 
 def _verdict_columns(source: str, path: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -259,8 +252,8 @@ def selectors_table(results: Path, bed: Path | None = None) -> str:
 
 
 BUILDERS: dict[str, Callable[[Path], str]] = {
-    "run": run_table, "validation": validation_table, "estimators": estimators_table, "metrics": metrics_table,
-    "groups": groups_table, "audit": audit_table, "selectors": selectors_table,
+    "run": run_table, "validation": validation_table, "estimators": estimators_table, "metrics": as_written("metrics"),
+    "groups": as_written("groups"), "audit": as_written("audit"), "selectors": selectors_table,
 }
 TITLES = {
     "run": "Base model and IHVP",
